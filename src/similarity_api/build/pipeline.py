@@ -1,0 +1,315 @@
+"""The offline build: ingest -> features -> embeddings -> Annoy + metadata -> published artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from annoy import AnnoyIndex
+from threadpoolctl import threadpool_info, threadpool_limits
+from tqdm import tqdm
+
+from similarity_api import artifact as fmt
+from similarity_api.build.embeddings import Embedding, embed
+from similarity_api.build.features import FeatureMatrix, build_features
+from similarity_api.build.ingest import Tables, read_tables
+from similarity_api.errors import BuildError
+from similarity_api.index import rank_candidates
+from similarity_api.settings import BuildSettings
+
+logger = logging.getLogger(__name__)
+
+RECALL_K = 10
+RECALL_WARN = 0.95
+SELF_TEST_K = 10
+_EXACT_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    manifest: fmt.Manifest
+    rejected: dict[str, dict[str, int]]
+
+
+def _libraries() -> dict[str, str]:
+    names = ("similarity-api", "numpy", "scipy", "polars", "annoy", "threadpoolctl")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def exact_top_k(vectors: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force cosine top-k of each item in ``items`` (itself excluded): int64 (len, k).
+
+    Chunked over the corpus so memory stays at len(items) x chunk floats.
+    """
+    queries = vectors[items]
+    best_sims = np.full((len(items), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(items), k), -1, dtype=np.int64)
+    rows = np.arange(len(items))[:, None]
+    for start in range(0, vectors.shape[0], _EXACT_CHUNK):
+        block = vectors[start : start + _EXACT_CHUNK]
+        sims = queries @ block.T
+        own = (items >= start) & (items < start + block.shape[0])
+        sims[np.flatnonzero(own), items[own] - start] = -np.inf
+        ids = np.broadcast_to(np.arange(start, start + block.shape[0]), sims.shape)
+        all_sims = np.concatenate([best_sims, sims], axis=1)
+        all_ids = np.concatenate([best_ids, ids], axis=1)
+        keep = np.argpartition(-all_sims, k - 1, axis=1)[:, :k]
+        best_sims, best_ids = all_sims[rows, keep], all_ids[rows, keep]
+    order = np.argsort(-best_sims, axis=1, kind="stable")
+    return np.asarray(best_ids[rows, order])
+
+
+def measure_recall(
+    index: AnnoyIndex,
+    vectors: np.ndarray,
+    item_user: np.ndarray,
+    *,
+    sample: int,
+    candidates: int,
+    search_k: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, float]:
+    """recall@10 against exact cosine on a sample: Annoy's own top 10, and the served top 10
+    (``candidates`` from Annoy, exactly re-ranked)."""
+    n_items = vectors.shape[0]
+    if n_items <= RECALL_K or sample == 0:
+        return {"recall_sample": 0.0}
+    rng = np.random.default_rng(seed)
+    items = np.sort(rng.choice(n_items, size=min(sample, n_items), replace=False))
+    exact = exact_top_k(vectors, items, RECALL_K)
+    raw_hits = served_hits = 0
+    for row, item in enumerate(tqdm(items, desc="recall", disable=not progress, leave=False)):
+        truth = set(exact[row].tolist())
+        raw = [
+            i
+            for i in index.get_nns_by_item(int(item), RECALL_K + 1, search_k=search_k)
+            if i != item
+        ]
+        raw_hits += len(truth.intersection(raw[:RECALL_K]))
+        cands = np.asarray(
+            index.get_nns_by_item(int(item), max(candidates, RECALL_K + 1), search_k=search_k)
+        )
+        served, _ = rank_candidates(
+            vectors, item_user, vectors[item], cands, RECALL_K, exclude=int(item)
+        )
+        served_hits += len(truth.intersection(served.tolist()))
+    total = len(items) * RECALL_K
+    return {
+        "recall_sample": float(len(items)),
+        "recall_at_10_annoy": round(raw_hits / total, 4),
+        "recall_at_10_served": round(served_hits / total, 4),
+    }
+
+
+def _self_test(
+    index: AnnoyIndex, vectors: np.ndarray, item_user: np.ndarray, settings: BuildSettings
+) -> fmt.SelfTest:
+    """Record a known answer: the served neighbours of the first indexed customer."""
+    item = 0
+    k = min(SELF_TEST_K, vectors.shape[0] - 1)
+    cands = np.asarray(
+        index.get_nns_by_item(
+            item, max(settings.candidates, k + 1), search_k=settings.effective_search_k()
+        )
+    )
+    chosen, sims = rank_candidates(vectors, item_user, vectors[item], cands, k, exclude=item)
+    return fmt.SelfTest(
+        user_handle=int(item_user[item]),
+        neighbors=[int(item_user[i]) for i in chosen],
+        similarities=[float(s) for s in sims],
+    )
+
+
+def _inputs(tables: Tables) -> dict[str, dict[str, Any]]:
+    return {
+        f.name: {
+            "present": f.present,
+            "sha256": f.sha256,
+            "bytes": f.bytes,
+            "rows_read": f.rows_read,
+            "rows_accepted": f.rows_accepted,
+            "rejected": dict(f.rejected),
+        }
+        for f in tables.files
+    }
+
+
+def _write(
+    writer: fmt.ArtifactWriter,
+    tables: Tables,
+    features: FeatureMatrix,
+    emb: Embedding,
+) -> tuple[np.ndarray, np.ndarray]:
+    users = features.users
+    user_item = np.full(users.shape[0], -1, dtype=np.int32)
+    user_item[emb.rows] = np.arange(emb.rows.shape[0], dtype=np.int32)
+    item_user = users[emb.rows].astype(np.int64)
+    s = features.summaries
+    writer.save_array("users", users)
+    writer.save_array("user_item", user_item)
+    writer.save_array("item_user", item_user)
+    writer.save_array("embeddings", emb.vectors)
+    writer.save_array("components", emb.components)
+    writer.save_array("singular_values", emb.singular_values)
+    writer.save_array("summary_courses", s.courses_viewed)
+    writer.save_array("summary_seconds", s.view_time_seconds)
+    writer.save_array("summary_interests", s.interests)
+    writer.save_array("summary_assessments", s.assessments)
+    writer.save_array("summary_top_tags", s.top_tags)
+    writer.save_space(features.space)
+    tables.rejects.write_csv(writer.path("rejects"))
+    return user_item, item_user
+
+
+def build(settings: BuildSettings) -> BuildResult:
+    """Run the whole build and publish the artifact as the new ``current``."""
+    progress = settings.progress if settings.progress is not None else os.isatty(2)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    blas_threads = 1 if settings.deterministic else None
+    with threadpool_limits(limits=blas_threads):
+        threads = {
+            "blas": [
+                {"api": i.get("internal_api"), "threads": i.get("num_threads")}
+                for i in threadpool_info()
+            ],
+            "annoy_build_jobs": 1 if settings.deterministic else -1,
+            "polars": pl.thread_pool_size(),
+        }
+        t0 = time.perf_counter()
+        tables = read_tables(settings.data_dir)
+        timings["ingest"] = round(time.perf_counter() - t0, 3)
+
+        features = build_features(tables, settings.weights)
+        timings["features"] = features.seconds
+        if features.matrix.nnz == 0:
+            raise BuildError(
+                f"{settings.data_dir}: no customer has comparable activity; nothing to index"
+            )
+
+        emb = embed(features.matrix, settings.dim, settings.seed)
+        timings["embeddings"] = emb.seconds
+        if emb.vectors.shape[0] < 2:
+            raise BuildError(
+                f"{settings.data_dir}: only {emb.vectors.shape[0]} customer(s) with comparable "
+                "activity; at least 2 are needed to find neighbours"
+            )
+
+        with fmt.ArtifactWriter(settings.artifacts_dir) as writer:
+            t0 = time.perf_counter()
+            user_item, item_user = _write(writer, tables, features, emb)
+            search_k = settings.effective_search_k()
+            index = writer.build_index(
+                emb.vectors, settings.n_trees, settings.seed, n_jobs=threads["annoy_build_jobs"]
+            )
+            timings["index"] = round(time.perf_counter() - t0, 3)
+            logger.info(
+                "index %s items, %d trees, search_k %d (%.1f s)",
+                f"{emb.vectors.shape[0]:,}",
+                settings.n_trees,
+                search_k,
+                timings["index"],
+            )
+
+            t0 = time.perf_counter()
+            quality = measure_recall(
+                index,
+                emb.vectors,
+                item_user,
+                sample=settings.recall_sample,
+                candidates=settings.candidates,
+                search_k=search_k,
+                seed=settings.seed,
+                progress=progress,
+            )
+            self_test = _self_test(index, emb.vectors, item_user, settings)
+            index.unload()
+            timings["quality"] = round(time.perf_counter() - t0, 3)
+            if quality.get("recall_sample"):
+                logger.info(
+                    "quality recall@10 on %d customers: Annoy %.4f, served (re-ranked) %.4f (%.1f s)",
+                    int(quality["recall_sample"]),
+                    quality["recall_at_10_annoy"],
+                    quality["recall_at_10_served"],
+                    timings["quality"],
+                )
+                if quality["recall_at_10_annoy"] < RECALL_WARN:
+                    logger.warning(
+                        "recall@10 of Annoy is %.4f < %.2f: raise --n-trees or --search-k",
+                        quality["recall_at_10_annoy"],
+                        RECALL_WARN,
+                    )
+
+            files = writer.file_entries()
+            content = fmt.content_checksum(files)
+            now = dt.datetime.now(dt.UTC)
+            rejected = {f.name: dict(f.rejected) for f in tables.files if f.present}
+            counts = {
+                "customers": int(features.users.shape[0]),
+                "customers_indexed": int(emb.vectors.shape[0]),
+                "customers_no_comparable_activity": int((user_item < 0).sum()),
+                "features": features.space.n_features,
+                "nonzeros": int(features.matrix.nnz),
+                "rows_read": sum(f.rows_read for f in tables.files),
+                "rows_rejected": int(tables.rejects.height),
+            }
+            timings["total"] = round(time.perf_counter() - started, 3)
+            manifest = fmt.Manifest(
+                schema_version=fmt.SCHEMA_VERSION,
+                version=f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content[:8]}",
+                created_at=now.isoformat(timespec="seconds"),
+                content_sha256=content,
+                metric=fmt.METRIC,
+                dim=emb.dim,
+                n_items=int(emb.vectors.shape[0]),
+                n_users=int(features.users.shape[0]),
+                n_features=features.space.n_features,
+                n_trees=settings.n_trees,
+                search_k=search_k,
+                candidates=settings.candidates,
+                seed=settings.seed,
+                parameters={
+                    "dim_requested": settings.dim,
+                    "weights": settings.weights.model_dump(),
+                    "deterministic": settings.deterministic,
+                    "recall_sample": settings.recall_sample,
+                    "keep_versions": settings.keep_versions,
+                },
+                inputs=_inputs(tables),
+                libraries=_libraries(),
+                threads=threads,
+                counts=counts,
+                timings=timings,
+                quality=quality,
+                self_test=self_test,
+                files=files,
+            )
+            path = writer.publish(manifest, settings.keep_versions)
+    logger.info(
+        "published %s: %s customers indexed, %s with no comparable activity, %s rows rejected "
+        "(details in %s) (%.1f s total)",
+        path,
+        f"{counts['customers_indexed']:,}",
+        f"{counts['customers_no_comparable_activity']:,}",
+        f"{counts['rows_rejected']:,}",
+        fmt.rejects_path(path),
+        timings["total"],
+    )
+    return BuildResult(path=path, manifest=manifest, rejected=rejected)

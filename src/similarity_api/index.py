@@ -1,0 +1,289 @@
+"""SimilarityIndex: neighbours by customer or by vector, exactly re-ranked and explained. Pure, sync.
+
+Annoy proposes ``candidates`` items; the exact cosine on the stored (L2-normalised) embeddings ranks
+them, so every reported similarity is the true cosine and the order is exact among the candidates.
+
+Explanations add up. With ``Vt`` the SVD components (orthonormal rows), a customer's reconstructed
+feature vector is ``x_hat = e @ Vt`` and ``x_hat_a . x_hat_b = e_a . e_b`` = the similarity. So the
+per-feature products ``x_hat_a[j] * x_hat_b[j]`` are an exact decomposition of the score: ``shared``
+lists the largest, and ``remainder`` is the rest, so ``sum(shared) + remainder == similarity``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from similarity_api.artifact import Artifact
+from similarity_api.errors import (
+    ArtifactError,
+    EmptyProfileError,
+    NoComparableActivityError,
+    UnknownUserError,
+)
+from similarity_api.space import transform_profile
+
+logger = logging.getLogger(__name__)
+
+#: Public names of the blocks in explanations.
+KIND = {"course": "course", "tag": "course_tag", "interest": "interest", "assessment": "assessment"}
+PREFIX = {"course": "course", "tag": "tag", "interest": "interest", "assessment": "assessment"}
+SHARED = 5
+#: Features of the query considered when explaining (its largest reconstructed weights).
+EXPLAIN_POOL = 256
+
+
+@dataclass(frozen=True)
+class Contribution:
+    feature: str
+    kind: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    user_handle: int
+    top_tags: tuple[str, ...]
+    courses_viewed: int
+    view_time_seconds: float
+    interests: int
+    assessments: int
+    indexed: bool
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int
+    user_handle: int
+    similarity: float
+    shared: tuple[Contribution, ...]
+    remainder: float
+    summary: UserSummary
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A described behaviour: raw values in the units of the input files."""
+
+    course_tags: Mapping[str, float] = field(default_factory=dict)  # tag -> view seconds
+    courses: Mapping[str, float] = field(default_factory=dict)  # course id -> view seconds
+    interests: Sequence[str] = ()
+    assessments: Mapping[str, float] = field(default_factory=dict)  # tag -> score 0..300
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    neighbours: tuple[Neighbour, ...]
+    ignored: dict[str, list[str]]
+
+
+def rank_candidates(
+    embeddings: np.ndarray,
+    item_user: np.ndarray,
+    query: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    exclude: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine re-ranking of candidate items: (items, similarities), best first.
+
+    Ties are broken by customer handle so the order is total and reproducible.
+    """
+    if exclude is not None:
+        candidates = candidates[candidates != exclude]
+    if candidates.size == 0:
+        return candidates, np.empty(0, dtype=np.float32)
+    sims = np.asarray(embeddings[candidates]) @ query
+    order = np.lexsort((np.asarray(item_user[candidates]), -sims))[:k]
+    return candidates[order], sims[order]
+
+
+class SimilarityIndex:
+    """Immutable view over one loaded artifact. Safe to share between threads."""
+
+    def __init__(
+        self, artifact: Artifact, *, candidates: int | None = None, search_k: int | None = None
+    ) -> None:
+        self.artifact = artifact
+        self.candidates = candidates or artifact.manifest.candidates
+        self.search_k = search_k or artifact.manifest.search_k
+
+    @property
+    def version(self) -> str:
+        return self.artifact.manifest.version
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def row_of(self, user_handle: int) -> int:
+        users = self.artifact.users
+        row = int(np.searchsorted(users, user_handle))
+        if row >= users.shape[0] or int(users[row]) != user_handle:
+            raise UnknownUserError(user_handle)
+        return row
+
+    def summary(self, user_handle: int) -> UserSummary:
+        return self._summary_at(self.row_of(user_handle))
+
+    def _summary_at(self, row: int) -> UserSummary:
+        a = self.artifact
+        names = a.space.names
+        return UserSummary(
+            user_handle=int(a.users[row]),
+            top_tags=tuple(names[int(c)] for c in a.summary_top_tags[row] if c >= 0),
+            courses_viewed=int(a.summary_courses[row]),
+            view_time_seconds=float(a.summary_seconds[row]),
+            interests=int(a.summary_interests[row]),
+            assessments=int(a.summary_assessments[row]),
+            indexed=bool(a.user_item[row] >= 0),
+        )
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def similar_to_user(self, user_handle: int, k: int) -> tuple[Neighbour, ...]:
+        row = self.row_of(user_handle)
+        item = int(self.artifact.user_item[row])
+        if item < 0:
+            raise NoComparableActivityError(user_handle)
+        n = max(self.candidates, k + 1)
+        candidates = self.artifact.index.get_nns_by_item(item, n, search_k=self.search_k)
+        query = np.asarray(self.artifact.embeddings[item])
+        return self._rank(query, np.asarray(candidates, dtype=np.int64), k, exclude=item)
+
+    def similar_to_vector(self, vector: np.ndarray, k: int) -> tuple[Neighbour, ...]:
+        """Neighbours of an embedding-space vector (need not be normalised)."""
+        norm = float(np.linalg.norm(vector))
+        query = (vector / norm).astype(np.float32)
+        n = max(self.candidates, k)
+        candidates = self.artifact.index.get_nns_by_vector(query, n, search_k=self.search_k)
+        return self._rank(query, np.asarray(candidates, dtype=np.int64), k, exclude=None)
+
+    def fold(self, profile: Profile) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """Place a profile in the embedding space: (unnormalised vector, ignored labels by field)."""
+        space = self.artifact.space
+        raw: dict[str, dict[int, float]] = {}
+        ignored: dict[str, list[str]] = {}
+        sources: list[tuple[str, str, Mapping[str, float]]] = [
+            ("tag", "course_tags", profile.course_tags),
+            ("course", "courses", profile.courses),
+            ("interest", "interests", dict.fromkeys(profile.interests, 1.0)),
+            ("assessment", "assessments", {t: s / 300.0 for t, s in profile.assessments.items()}),
+        ]
+        for block, field_name, values in sources:
+            columns = self._columns[block]
+            for label, value in values.items():
+                key = label.strip() if block == "course" else label.strip().lower()
+                column = columns.get(key)
+                if column is None:
+                    ignored.setdefault(field_name, []).append(label)
+                else:
+                    raw.setdefault(block, {})[column] = raw.get(block, {}).get(column, 0.0) + value
+        row = transform_profile(space, raw)
+        if not row.any():
+            raise EmptyProfileError(ignored)
+        vector = row @ np.asarray(self.artifact.components).T
+        if float(np.linalg.norm(vector)) <= 1e-9:
+            raise EmptyProfileError(ignored)
+        return vector.astype(np.float32), ignored
+
+    def similar_to_profile(self, profile: Profile, k: int) -> ProfileResult:
+        vector, ignored = self.fold(profile)
+        return ProfileResult(neighbours=self.similar_to_vector(vector, k), ignored=ignored)
+
+    def exact(
+        self, query: np.ndarray, k: int, exclude: int | None = None
+    ) -> list[tuple[int, float]]:
+        """Brute-force top-k over every item: (item, cosine), ties broken by customer handle."""
+        emb = np.asarray(self.artifact.embeddings)
+        q = (query / np.linalg.norm(query)).astype(np.float32)
+        sims = emb @ q
+        if exclude is not None:
+            sims[exclude] = -np.inf
+        top = np.argpartition(-sims, min(k, sims.shape[0] - 1))[: k + 1]
+        order = np.lexsort((self.artifact.item_user[top], -sims[top]))
+        return [(int(top[i]), float(sims[top[i]])) for i in order[:k] if np.isfinite(sims[top[i]])]
+
+    # --- internals -------------------------------------------------------------------------------
+
+    @cached_property
+    def _columns(self) -> dict[str, dict[str, int]]:
+        space = self.artifact.space
+        return {b.name: space.columns(b.name) for b in space.blocks}
+
+    def _rank(
+        self, query: np.ndarray, candidates: np.ndarray, k: int, exclude: int | None
+    ) -> tuple[Neighbour, ...]:
+        a = self.artifact
+        chosen, chosen_sims = rank_candidates(
+            a.embeddings, a.item_user, query, candidates, k, exclude
+        )
+        if chosen.size == 0:
+            return ()
+        explained = self._explain(query, np.asarray(a.embeddings[chosen]), chosen_sims)
+        out = []
+        for rank, (item, sim, (shared, remainder)) in enumerate(
+            zip(chosen, chosen_sims, explained, strict=True), start=1
+        ):
+            handle = int(a.item_user[item])
+            out.append(
+                Neighbour(
+                    rank=rank,
+                    user_handle=handle,
+                    similarity=float(sim),
+                    shared=shared,
+                    remainder=remainder,
+                    summary=self.summary(handle),
+                )
+            )
+        return tuple(out)
+
+    def _explain(
+        self, query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray
+    ) -> list[tuple[tuple[Contribution, ...], float]]:
+        a = self.artifact
+        components = np.asarray(a.components)
+        q_hat = query @ components
+        pool = min(EXPLAIN_POOL, q_hat.shape[0])
+        columns = np.argpartition(-np.abs(q_hat), pool - 1)[:pool]
+        columns.sort()
+        n_hat = neighbours @ components[:, columns]  # (n, pool)
+        terms = n_hat * q_hat[columns]
+        results = []
+        for i in range(neighbours.shape[0]):
+            row = terms[i]
+            best = np.lexsort((columns, -row))[:SHARED]
+            shared = tuple(
+                Contribution(
+                    feature=self._label(int(columns[j])),
+                    kind=KIND[a.space.kind_of(int(columns[j]))],
+                    contribution=float(row[j]),
+                )
+                for j in best
+                if row[j] > 0
+            )
+            remainder = float(sims[i]) - sum(c.contribution for c in shared)
+            results.append((shared, remainder))
+        return results
+
+    def _label(self, column: int) -> str:
+        space = self.artifact.space
+        return f"{PREFIX[space.kind_of(column)]}:{space.names[column]}"
+
+    # --- verification ----------------------------------------------------------------------------
+
+    def self_test(self) -> None:
+        """Reproduce the known answer recorded at build time, or raise ArtifactError."""
+        test = self.artifact.manifest.self_test
+        # The answer was recorded with the artifact's own search parameters, not any override.
+        probe = SimilarityIndex(self.artifact)
+        got = probe.similar_to_user(test.user_handle, len(test.neighbors))
+        handles = [n.user_handle for n in got]
+        sims = [n.similarity for n in got]
+        if handles != test.neighbors or not np.allclose(sims, test.similarities, atol=1e-5):
+            raise ArtifactError(
+                f"artifact {self.artifact.path} failed its self-test for customer "
+                f"{test.user_handle}: expected {test.neighbors}, got {handles}; rebuild it"
+            )
