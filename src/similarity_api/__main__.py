@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 USAGE = """usage: python -m similarity_api COMMAND [options]
 
@@ -15,6 +16,14 @@ commands:
 
 Run `python -m similarity_api COMMAND --help` for the options of each command."""
 
+#: command -> (module, function); imported only when used, so `serve` never loads the build stack.
+COMMANDS = {
+    "build": ("similarity_api.build.cli", "main"),
+    "serve": ("similarity_api.serve", "main"),
+    "generate": ("similarity_api.synth", "cli"),
+    "evaluate": ("similarity_api.evaluate", "main"),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -22,17 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command == "build":
-        from similarity_api.build.cli import main as run
-    elif command == "serve":
-        from similarity_api.serve import main as run
-    elif command == "generate":
-        from similarity_api.synth import cli as run
-    elif command == "evaluate":
-        from similarity_api.evaluate import main as run
-    else:
+    if command not in COMMANDS:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    module, name = COMMANDS[command]
+    run: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module), name)
     return int(run(rest))
 
 

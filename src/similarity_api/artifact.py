@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -46,7 +46,7 @@ from similarity_api.space import Block, FeatureSpace
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-METRIC = "angular"
+METRIC: Final = "angular"
 CURRENT = "current"
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
@@ -336,7 +336,7 @@ def _verify_files(path: Path, manifest: Manifest) -> None:
 def _array(path: Path, key: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
     name = ARRAYS[key]
     try:
-        array = np.load(path / name, mmap_mode="r", allow_pickle=False)
+        array: np.ndarray = np.load(path / name, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise _fail(path, f"{name} cannot be read as a numpy array ({exc})") from exc
     if array.dtype != np.dtype(dtype):

@@ -244,7 +244,10 @@ class SimilarityIndex:
         self, query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray
     ) -> list[tuple[tuple[Contribution, ...], float]]:
         a = self.artifact
-        components = np.asarray(a.components)
+        # float64 so a contribution does not depend on how many neighbours are explained at once
+        components = np.asarray(a.components, dtype=np.float64)
+        query = query.astype(np.float64)
+        neighbours = neighbours.astype(np.float64)
         q_hat = query @ components
         pool = min(EXPLAIN_POOL, q_hat.shape[0])
         columns = np.argpartition(-np.abs(q_hat), pool - 1)[:pool]

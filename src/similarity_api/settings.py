@@ -73,4 +73,15 @@ class ServeSettings(BaseSettings):
         None, ge=1, le=10_000, description="override the artifact's Annoy candidate count"
     )
     search_k: int | None = Field(None, ge=1, description="override the artifact's Annoy search_k")
+    watch_interval: float = Field(
+        5.0,
+        ge=0,
+        description="seconds between checks of `current` for a newly published version "
+        "(every worker reloads by itself); 0 = only POST /admin/reload",
+    )
+    wait_for_index: bool = Field(
+        False,
+        description="start without an index and answer 503 until one is published "
+        "(default: refuse to start)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")

@@ -55,12 +55,12 @@ MAX_VIEW_SECONDS = 86_400.0
 MAX_SCORE = 300
 DATE_FORMAT = "%Y-%m-%d"
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-REJECT_SCHEMA = {
-    "file": pl.String,
-    "line": pl.Int64,
-    "reason": pl.String,
-    "field": pl.String,
-    "value": pl.String,
+REJECT_SCHEMA: dict[str, pl.DataType] = {
+    "file": pl.String(),
+    "line": pl.Int64(),
+    "reason": pl.String(),
+    "field": pl.String(),
+    "value": pl.String(),
 }
 
 
@@ -165,27 +165,18 @@ def _validate(
 
     Returns (accepted rows with the ``parsed`` columns, rejects in REJECT_SCHEMA).
     """
-    reason: pl.Expr | None = None
-    fld: pl.Expr | None = None
-    for rule in rules:
-        bad = rule.bad.fill_null(True)
-        if reason is None or fld is None:
-            reason = pl.when(bad).then(pl.lit(rule.reason))
-            fld = pl.when(bad).then(pl.lit(rule.field))
-        else:
-            reason = reason.when(bad).then(pl.lit(rule.reason))
-            fld = fld.when(bad).then(pl.lit(rule.field))
-    if reason is None or fld is None:
+    if not rules:
         raise ValueError("at least one rule is needed")
+    # The first broken rule names the row's reason and field.
+    reason = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.reason)) for r in rules])
+    fld = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.field)) for r in rules])
     value = pl.lit(None, dtype=pl.String)
     for rule in rules:
         first = rule.field.split(",")[0]
         value = pl.when(pl.col("_field") == rule.field).then(pl.col(first)).otherwise(value)
 
     checked = (
-        lf.with_columns(
-            reason.otherwise(None).alias("_reason"), fld.otherwise(None).alias("_field")
-        )
+        lf.with_columns(reason.alias("_reason"), fld.alias("_field"))
         .with_columns(value.alias("_value"))
         .with_columns(**parsed)
     )
@@ -396,8 +387,8 @@ def read_tables(data_dir: Path) -> Tables:
         raise InputError(f"{data_dir}: could not parse input: {exc}".splitlines()[0]) from exc
 
     all_rejects = pl.concat(
-        [r.cast(REJECT_SCHEMA) for r in rejects],
-        how="vertical",  # type: ignore[arg-type]
+        [r.cast(pl.Schema(REJECT_SCHEMA)) for r in rejects],
+        how="vertical",
     ).sort("file", "line")
     if views.height == 0 and interests.height == 0 and assessments.height == 0:
         raise BuildError(

@@ -184,13 +184,14 @@ def build(settings: BuildSettings) -> BuildResult:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     blas_threads = 1 if settings.deterministic else None
+    annoy_jobs = 1 if settings.deterministic else -1
     with threadpool_limits(limits=blas_threads):
         threads = {
             "blas": [
                 {"api": i.get("internal_api"), "threads": i.get("num_threads")}
                 for i in threadpool_info()
             ],
-            "annoy_build_jobs": 1 if settings.deterministic else -1,
+            "annoy_build_jobs": annoy_jobs,
             "polars": pl.thread_pool_size(),
         }
         t0 = time.perf_counter()
@@ -217,7 +218,7 @@ def build(settings: BuildSettings) -> BuildResult:
             user_item, item_user = _write(writer, tables, features, emb)
             search_k = settings.effective_search_k()
             index = writer.build_index(
-                emb.vectors, settings.n_trees, settings.seed, n_jobs=threads["annoy_build_jobs"]
+                emb.vectors, settings.n_trees, settings.seed, n_jobs=annoy_jobs
             )
             timings["index"] = round(time.perf_counter() - t0, 3)
             logger.info(

@@ -1,0 +1,71 @@
+"""``create_app(settings)``: the composition root. No module-level app, globals or caches.
+
+Run with ``python -m similarity_api serve`` or ``uvicorn --factory similarity_api.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from similarity_api import __version__, problems
+from similarity_api.errors import ArtifactError
+from similarity_api.limits import BodyLimitMiddleware
+from similarity_api.metrics import MetricsMiddleware
+from similarity_api.routes import router
+from similarity_api.settings import ServeSettings
+from similarity_api.state import ServiceState, load_index
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Which customers behave most like a given customer, and why.
+
+Every error is `application/problem+json` (RFC 9457). Similarities are exact cosines of customer
+embeddings learned from course views, course tags, followed interests and assessment scores;
+`shared` + `remainder` add up to each similarity."""
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    state = ServiceState(settings=settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            state._swap(await run_in_threadpool(load_index, settings))
+        except ArtifactError as exc:
+            if not settings.wait_for_index:
+                logger.error("cannot start: %s", exc)
+                raise
+            state.problem = str(exc)
+            logger.warning("starting without an index (wait_for_index): %s", exc)
+        watcher = (
+            asyncio.create_task(state.watch(settings.watch_interval))
+            if settings.watch_interval > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    app = FastAPI(
+        title="similarity-api",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(router)
+    problems.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

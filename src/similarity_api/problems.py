@@ -1,0 +1,126 @@
+"""The one translation point from exceptions to RFC 9457 ``application/problem+json`` responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from similarity_api.errors import (
+    EmptyProfileError,
+    IndexNotReadyError,
+    NoComparableActivityError,
+    ReloadError,
+    UnknownUserError,
+)
+
+logger = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "/problems/"
+
+
+def problem(
+    status: int,
+    slug: str | None,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **members: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"{TYPE_BASE}{slug}" if slug else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    body.update({k: v for k, v in members.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ][:20]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    detail = f"{_loc(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
+    return problem(422, "invalid-request", detail, title="Invalid request", errors=errors)
+
+
+async def _unknown_user(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnknownUserError)
+    return problem(
+        404, "unknown-user", str(exc), title="Unknown customer", user_handle=exc.user_handle
+    )
+
+
+async def _no_activity(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NoComparableActivityError)
+    return problem(
+        404,
+        "no-comparable-activity",
+        str(exc),
+        title="Customer has no comparable activity",
+        user_handle=exc.user_handle,
+    )
+
+
+async def _empty_profile(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EmptyProfileError)
+    return problem(
+        422, "empty-profile", str(exc), title="Nothing known in the profile", ignored=exc.ignored
+    )
+
+
+async def _not_ready(request: Request, exc: Exception) -> JSONResponse:
+    return problem(
+        503, "index-not-ready", str(exc), title="No index loaded", headers={"Retry-After": "5"}
+    )
+
+
+async def _reload_failed(request: Request, exc: Exception) -> JSONResponse:
+    return problem(
+        409, "reload-failed", str(exc), title="Reload failed; the previous index keeps serving"
+    )
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+    return problem(exc.status_code, None, detail, headers=getattr(exc, "headers", None))
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(
+        500, "internal", "an internal error occurred; it has been logged", title="Internal error"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(UnknownUserError, _unknown_user)
+    app.add_exception_handler(NoComparableActivityError, _no_activity)
+    app.add_exception_handler(EmptyProfileError, _empty_profile)
+    app.add_exception_handler(IndexNotReadyError, _not_ready)
+    app.add_exception_handler(ReloadError, _reload_failed)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _internal)

@@ -1,0 +1,255 @@
+"""HTTP <-> domain translation only. Lookups run in the threadpool so the event loop never blocks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from similarity_api import schemas
+from similarity_api.dependencies import IndexDep, StateDep
+from similarity_api.errors import NoComparableActivityError, UnknownUserError
+from similarity_api.index import Neighbour, Profile, SimilarityIndex, UserSummary
+from similarity_api.problems import MEDIA_TYPE
+
+router = APIRouter()
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "model": schemas.Problem,
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+INVALID: Responses = {
+    422: _problem_doc("Invalid body: the `errors` member names each wrong field.")
+}
+NOT_READY: Responses = {503: _problem_doc("No verified index is loaded yet.")}
+UNKNOWN: Responses = {
+    404: _problem_doc(
+        "Unknown customer (type /problems/unknown-user) or a known customer with no comparable "
+        "activity (type /problems/no-comparable-activity); both carry `user_handle`."
+    )
+}
+TOO_LARGE: Responses = {413: _problem_doc("Request body over the configured limit.")}
+
+
+def _summary(s: UserSummary) -> schemas.CustomerSummary:
+    return schemas.CustomerSummary(
+        top_tags=list(s.top_tags),
+        courses_viewed=s.courses_viewed,
+        view_time_seconds=round(s.view_time_seconds),
+        interests=s.interests,
+        assessments=s.assessments,
+    )
+
+
+def _neighbors(found: tuple[Neighbour, ...]) -> list[schemas.Neighbor]:
+    return [
+        schemas.Neighbor(
+            rank=n.rank,
+            user_handle=n.user_handle,
+            similarity=n.similarity,
+            shared=[
+                schemas.SharedFeature(feature=c.feature, kind=c.kind, contribution=c.contribution)
+                for c in n.shared
+            ],
+            remainder=n.remainder,
+            summary=_summary(n.summary),
+        )
+        for n in found
+    ]
+
+
+@router.post(
+    "/predict",
+    response_model=schemas.PredictResponse,
+    responses={**UNKNOWN, **INVALID, **TOO_LARGE, **NOT_READY},
+    summary="Customers most similar to a known customer",
+    tags=["similarity"],
+)
+async def predict(body: schemas.PredictRequest, index: IndexDep) -> schemas.PredictResponse:
+    found = await run_in_threadpool(index.similar_to_user, body.user_handle, body.k)
+    return schemas.PredictResponse(
+        user_handle=body.user_handle, index_version=index.version, neighbors=_neighbors(found)
+    )
+
+
+def _batch(index: SimilarityIndex, handles: list[int], k: int) -> schemas.BatchResponse:
+    results: list[schemas.BatchResult] = []
+    not_found: list[int] = []
+    inactive: list[int] = []
+    for handle in dict.fromkeys(handles):
+        try:
+            found = index.similar_to_user(handle, k)
+        except UnknownUserError:
+            not_found.append(handle)
+        except NoComparableActivityError:
+            inactive.append(handle)
+        else:
+            results.append(schemas.BatchResult(user_handle=handle, neighbors=_neighbors(found)))
+    return schemas.BatchResponse(
+        index_version=index.version,
+        results=results,
+        not_found=not_found,
+        no_comparable_activity=inactive,
+    )
+
+
+@router.post(
+    "/predict/batch",
+    response_model=schemas.BatchResponse,
+    responses={**INVALID, **TOO_LARGE, **NOT_READY},
+    summary="Neighbours for many customers at once; one bad handle never fails the batch",
+    tags=["similarity"],
+)
+async def predict_batch(body: schemas.BatchRequest, index: IndexDep) -> schemas.BatchResponse:
+    return await run_in_threadpool(_batch, index, list(body.user_handles), body.k)
+
+
+@router.post(
+    "/predict/profile",
+    response_model=schemas.ProfileResponse,
+    responses={
+        422: _problem_doc(
+            "Invalid body, or a profile with nothing the index knows (type /problems/empty-profile)."
+        ),
+        **TOO_LARGE,
+        **NOT_READY,
+    },
+    summary="Customers most similar to a described behaviour (new or anonymous customer)",
+    tags=["similarity"],
+)
+async def predict_profile(body: schemas.ProfileRequest, index: IndexDep) -> schemas.ProfileResponse:
+    profile = Profile(
+        course_tags=body.course_tags,
+        courses=body.courses,
+        interests=body.interests,
+        assessments=body.assessments,
+    )
+    result = await run_in_threadpool(index.similar_to_profile, profile, body.k)
+    return schemas.ProfileResponse(
+        index_version=index.version, neighbors=_neighbors(result.neighbours), ignored=result.ignored
+    )
+
+
+@router.get(
+    "/users/{user_handle}",
+    response_model=schemas.UserResponse,
+    responses={404: _problem_doc("Unknown customer."), **INVALID, **NOT_READY},
+    summary="A customer's own summary as the index knows it",
+    tags=["similarity"],
+)
+async def get_user(
+    user_handle: Annotated[int, Path(ge=1, le=schemas.MAX_HANDLE)], index: IndexDep
+) -> schemas.UserResponse:
+    summary = index.summary(user_handle)
+    return schemas.UserResponse(
+        user_handle=user_handle,
+        index_version=index.version,
+        indexed=summary.indexed,
+        summary=_summary(summary),
+    )
+
+
+@router.get(
+    "/healthz", response_model=schemas.Health, tags=["operations"], summary="Process is alive"
+)
+async def healthz() -> schemas.Health:
+    return schemas.Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=schemas.Ready,
+    responses=NOT_READY,
+    tags=["operations"],
+    summary="200 once an index is loaded and has passed its known-answer self-test",
+)
+async def readyz(state: StateDep) -> schemas.Ready:
+    index = state.require_index()
+    return schemas.Ready(status="ready", index_version=index.version)
+
+
+@router.get(
+    "/index",
+    response_model=schemas.IndexResponse,
+    responses=NOT_READY,
+    tags=["operations"],
+    summary="The live manifest: version, build time, counts, parameters, recall estimate",
+)
+async def index_info(index: IndexDep) -> schemas.IndexResponse:
+    m = index.artifact.manifest
+    return schemas.IndexResponse(
+        index_version=m.version,
+        built_at=m.created_at,
+        content_sha256=m.content_sha256,
+        schema_version=m.schema_version,
+        metric=m.metric,
+        dim=m.dim,
+        n_trees=m.n_trees,
+        search_k=index.search_k,
+        candidates=index.candidates,
+        counts=m.counts,
+        parameters=m.parameters,
+        quality=m.quality,
+        timings=m.timings,
+        inputs={
+            name: {k: v for k, v in doc.items() if k != "sha256"} for name, doc in m.inputs.items()
+        },
+        libraries=m.libraries,
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["operations"],
+    summary="Prometheus metrics (text format) of this worker process",
+)
+async def metrics(state: StateDep) -> PlainTextResponse:
+    return PlainTextResponse(
+        generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+@router.post(
+    "/admin/reload",
+    response_model=schemas.ReloadResponse,
+    responses={
+        401: _problem_doc("Missing or wrong bearer token."),
+        404: _problem_doc("Reload is disabled: no admin token is configured."),
+        409: _problem_doc(
+            "The published artifact failed to load; the previous index keeps serving."
+        ),
+    },
+    tags=["operations"],
+    summary="Load the newest published artifact without downtime (bearer token)",
+)
+async def admin_reload(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> JSONResponse | schemas.ReloadResponse:
+    token = state.settings.admin_token
+    if token is None:
+        raise HTTPException(status_code=404, detail="Not Found")
+    expected = f"Bearer {token.get_secret_value()}".encode()
+    given = (authorization or "").encode()
+    if not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid `Authorization: Bearer <token>` header is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    previous, index = await state.reload()
+    return schemas.ReloadResponse(
+        index_version=index.version, previous_version=previous, changed=previous != index.version
+    )

@@ -1,0 +1,78 @@
+"""``python -m similarity_api serve``: run the service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from similarity_api.settings import ServeSettings
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="similarity_api serve",
+        description=(
+            "Serve the published index over HTTP. Every option can also be set as an environment "
+            "variable SIMILARITY_<OPTION> (e.g. SIMILARITY_PORT); the command line wins."
+        ),
+    )
+    p.add_argument("--artifacts-dir", type=Path, help="folder holding `current` [artifacts]")
+    p.add_argument("--host", help="bind address [127.0.0.1]")
+    p.add_argument("--port", type=int, help="bind port [8000]")
+    p.add_argument(
+        "--workers", type=int, help="worker processes sharing the memory-mapped index [1]"
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "artifacts_dir": args.artifacts_dir,
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = ServeSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if settings.workers == 1:
+        from similarity_api.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Worker processes build their own app from the environment: hand the resolved values down.
+    for key, value in overrides.items():
+        os.environ[f"SIMILARITY_{key.upper()}"] = str(value)
+    uvicorn.run("similarity_api.app:create_app", factory=True, workers=settings.workers, **common)
+    return 0
