@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -43,6 +43,19 @@ UNKNOWN: Responses = {
 TOO_LARGE: Responses = {413: _problem_doc("Request body over the configured limit.")}
 
 
+async def require_json(request: Request) -> None:
+    """Bodies are JSON: any other declared media type is 415, before the body is parsed."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(
+            status_code=415, detail=f"send the body as application/json, not {media[:100]}"
+        )
+
+
+JSON_BODY = [Depends(require_json)]
+UNSUPPORTED: Responses = {415: _problem_doc("The body is not declared as application/json.")}
+
+
 def _summary(s: UserSummary) -> schemas.CustomerSummary:
     return schemas.CustomerSummary(
         top_tags=list(s.top_tags),
@@ -73,7 +86,8 @@ def _neighbors(found: tuple[Neighbour, ...]) -> list[schemas.Neighbor]:
 @router.post(
     "/predict",
     response_model=schemas.PredictResponse,
-    responses={**UNKNOWN, **INVALID, **TOO_LARGE, **NOT_READY},
+    responses={**UNKNOWN, **INVALID, **TOO_LARGE, **UNSUPPORTED, **NOT_READY},
+    dependencies=JSON_BODY,
     summary="Customers most similar to a known customer",
     tags=["similarity"],
 )
@@ -108,7 +122,8 @@ def _batch(index: SimilarityIndex, handles: list[int], k: int) -> schemas.BatchR
 @router.post(
     "/predict/batch",
     response_model=schemas.BatchResponse,
-    responses={**INVALID, **TOO_LARGE, **NOT_READY},
+    responses={**INVALID, **TOO_LARGE, **UNSUPPORTED, **NOT_READY},
+    dependencies=JSON_BODY,
     summary="Neighbours for many customers at once; one bad handle never fails the batch",
     tags=["similarity"],
 )
@@ -124,8 +139,10 @@ async def predict_batch(body: schemas.BatchRequest, index: IndexDep) -> schemas.
             "Invalid body, or a profile with nothing the index knows (type /problems/empty-profile)."
         ),
         **TOO_LARGE,
+        **UNSUPPORTED,
         **NOT_READY,
     },
+    dependencies=JSON_BODY,
     summary="Customers most similar to a described behaviour (new or anonymous customer)",
     tags=["similarity"],
 )
