@@ -40,18 +40,24 @@ class BodyLimitMiddleware:
                     return
         seen = 0
         started = False
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise BodyTooLargeError
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded and not started:
+                # The app may catch BodyTooLargeError (FastAPI turns any body-reading error into
+                # a 400); drop its answer so the client gets the 413 below.
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -59,5 +65,6 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
-            if not started:
-                await self._too_large()(scope, receive, send)
+            pass
+        if exceeded and not started:
+            await self._too_large()(scope, receive, send)
