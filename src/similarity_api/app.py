@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from similarity_api import __version__, problems
 from similarity_api.errors import ArtifactError
@@ -36,11 +37,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Per-request matrix products are tiny: many BLAS threads per request only contend.
+        blas = threadpool_limits(limits=settings.blas_threads)
         try:
-            state._swap(await run_in_threadpool(load_index, settings))
+            state.swap(await run_in_threadpool(load_index, settings))
         except ArtifactError as exc:
             if not settings.wait_for_index:
                 logger.error("cannot start: %s", exc)
+                blas.restore_original_limits()
                 raise
             state.problem = str(exc)
             logger.warning("starting without an index (wait_for_index): %s", exc)
@@ -56,6 +60,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            blas.restore_original_limits()
 
     app = FastAPI(
         title="similarity-api",

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 KIND = {"course": "course", "tag": "course_tag", "interest": "interest", "assessment": "assessment"}
 PREFIX = {"course": "course", "tag": "tag", "interest": "interest", "assessment": "assessment"}
 SHARED = 5
+#: At least this many Annoy candidates per neighbour asked for, so a large k stays near-exact.
+CANDIDATES_PER_K = 4
 #: Features of the query considered when explaining (its largest reconstructed weights).
 EXPLAIN_POOL = 256
 
@@ -148,7 +150,7 @@ class SimilarityIndex:
         item = int(self.artifact.user_item[row])
         if item < 0:
             raise NoComparableActivityError(user_handle)
-        n = max(self.candidates, k + 1)
+        n = max(self.candidates, CANDIDATES_PER_K * k + 1)
         candidates = self.artifact.index.get_nns_by_item(item, n, search_k=self.search_k)
         query = np.asarray(self.artifact.embeddings[item])
         return self._rank(query, np.asarray(candidates, dtype=np.int64), k, exclude=item)
@@ -157,7 +159,7 @@ class SimilarityIndex:
         """Neighbours of an embedding-space vector (need not be normalised)."""
         norm = float(np.linalg.norm(vector))
         query = (vector / norm).astype(np.float32)
-        n = max(self.candidates, k)
+        n = max(self.candidates, CANDIDATES_PER_K * k)
         candidates = self.artifact.index.get_nns_by_vector(query, n, search_k=self.search_k)
         return self._rank(query, np.asarray(candidates, dtype=np.int64), k, exclude=None)
 

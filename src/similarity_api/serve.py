@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -53,13 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = exc.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["formatters"]["app"] = {
+        "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    }
+    log_config["handlers"]["app"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "app",
+        "stream": "ext://sys.stderr",
+    }
+    # uvicorn applies this in every worker process, so workers log the app's lines too.
+    log_config["loggers"]["similarity_api"] = {
+        "handlers": ["app"],
+        "level": settings.log_level.upper(),
+        "propagate": False,
+    }
     common: dict[str, Any] = {
+        "log_config": log_config,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

@@ -84,4 +84,10 @@ class ServeSettings(BaseSettings):
         description="start without an index and answer 503 until one is published "
         "(default: refuse to start)",
     )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="BLAS threads per worker; queries are small, so 1 avoids thread contention",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")

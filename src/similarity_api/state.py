@@ -41,7 +41,7 @@ class ServiceState:
             raise IndexNotReadyError(self.problem or "no index loaded yet")
         return index
 
-    def _swap(self, index: SimilarityIndex) -> None:
+    def swap(self, index: SimilarityIndex) -> None:
         self.index = index  # one reference assignment: in-flight requests keep the old object
         self.problem = None
         self.failed_path = None
@@ -72,7 +72,7 @@ class ServiceState:
                 )
                 raise ReloadError(str(exc)) from exc
             if previous != index.version:
-                self._swap(index)
+                self.swap(index)
             return previous, self.index or index
 
     async def watch(self, interval: float) -> None:
