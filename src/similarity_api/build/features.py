@@ -216,6 +216,7 @@ def _summaries(
     )
     ranked = (
         raw["tag"]
+        .filter(pl.col("value") > 0)
         .join(tag_cols, on="label", how="inner")
         .sort(["user_handle", "value", "label"], descending=[False, True, False])
         .group_by("user_handle", maintain_order=True)
