@@ -46,7 +46,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 logger.error("cannot start: %s", exc)
                 blas.restore_original_limits()
                 raise
-            state.problem = str(exc)
+            state.problem = exc.public
             logger.warning("starting without an index (wait_for_index): %s", exc)
         watcher = (
             asyncio.create_task(state.watch(settings.watch_interval))

@@ -283,14 +283,17 @@ def resolve(artifacts_dir: Path) -> Path:
     link = artifacts_dir / CURRENT
     if not link.exists():
         raise ArtifactError(
-            f"no published artifact: {link} does not exist; " + _HINT.format(dir=artifacts_dir)
+            f"no published artifact: {link} does not exist; " + _HINT.format(dir=artifacts_dir),
+            public="no published artifact; " + _HINT.format(dir="ARTIFACTS_DIR"),
         )
     return link.resolve()
 
 
 def _fail(path: Path, problem: str) -> ArtifactError:
     return ArtifactError(
-        f"artifact {path} is unusable: {problem}; " + _HINT.format(dir=path.parent)
+        f"artifact {path} is unusable: {problem}; " + _HINT.format(dir=path.parent),
+        public=f"artifact version {path.name} is unusable: {problem}; "
+        + _HINT.format(dir="ARTIFACTS_DIR"),
     )
 
 

@@ -22,7 +22,14 @@ class BuildError(SimilarityError):
 
 
 class ArtifactError(SimilarityError):
-    """An artifact is missing, corrupt or of an unknown format. The message says what to run."""
+    """An artifact is missing, corrupt or of an unknown format. The message says what to run.
+
+    ``public`` is the same message without filesystem paths, for HTTP bodies.
+    """
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
 
 
 # --- query-time errors -------------------------------------------------------------------------

@@ -288,7 +288,11 @@ class SimilarityIndex:
         handles = [n.user_handle for n in got]
         sims = [n.similarity for n in got]
         if handles != test.neighbors or not np.allclose(sims, test.similarities, atol=1e-5):
+            problem = (
+                f"failed its self-test for customer {test.user_handle}: expected "
+                f"{test.neighbors}, got {handles}; rebuild it"
+            )
             raise ArtifactError(
-                f"artifact {self.artifact.path} failed its self-test for customer "
-                f"{test.user_handle}: expected {test.neighbors}, got {handles}; rebuild it"
+                f"artifact {self.artifact.path} {problem}",
+                public=f"artifact version {self.version} {problem}",
             )

@@ -66,11 +66,11 @@ class ServiceState:
             except ArtifactError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 if self.index is None:
-                    self.problem = str(exc)
+                    self.problem = exc.public
                 logger.error(
                     "reload failed, %s: %s", "keeping " + previous if previous else "no index", exc
                 )
-                raise ReloadError(str(exc)) from exc
+                raise ReloadError(exc.public) from exc
             if previous != index.version:
                 self.swap(index)
             return previous, self.index or index
@@ -83,7 +83,7 @@ class ServiceState:
                 target = str(artifact.resolve(self.settings.artifacts_dir))
             except ArtifactError as exc:
                 if self.index is None:
-                    self.problem = str(exc)
+                    self.problem = exc.public
                 continue
             loaded = str(self.index.artifact.path) if self.index else None
             if target in (loaded, self.failed_path):
