@@ -361,13 +361,12 @@ def _space(path: Path, idf: np.ndarray) -> FeatureSpace:
     return FeatureSpace(names=names, blocks=blocks, idf=idf)
 
 
-def load(path: Path, *, verify_checksums: bool = True) -> Artifact:
+def load(path: Path) -> Artifact:
     """Open and verify the artifact in ``path``. Any problem is an ArtifactError saying what to run."""
     if not path.is_dir():
         raise _fail(path, "the folder does not exist")
     manifest = read_manifest(path)
-    if verify_checksums:
-        _verify_files(path, manifest)
+    _verify_files(path, manifest)
     n_users, n_items, dim, n_feat = (
         manifest.n_users,
         manifest.n_items,

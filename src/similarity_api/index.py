@@ -195,19 +195,6 @@ class SimilarityIndex:
         vector, ignored = self.fold(profile)
         return ProfileResult(neighbours=self.similar_to_vector(vector, k), ignored=ignored)
 
-    def exact(
-        self, query: np.ndarray, k: int, exclude: int | None = None
-    ) -> list[tuple[int, float]]:
-        """Brute-force top-k over every item: (item, cosine), ties broken by customer handle."""
-        emb = np.asarray(self.artifact.embeddings)
-        q = (query / np.linalg.norm(query)).astype(np.float32)
-        sims = emb @ q
-        if exclude is not None:
-            sims[exclude] = -np.inf
-        top = np.argpartition(-sims, min(k, sims.shape[0] - 1))[: k + 1]
-        order = np.lexsort((self.artifact.item_user[top], -sims[top]))
-        return [(int(top[i]), float(sims[top[i]])) for i in order[:k] if np.isfinite(sims[top[i]])]
-
     # --- internals -------------------------------------------------------------------------------
 
     @cached_property
