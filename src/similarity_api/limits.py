@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from similarity_api.problems import problem
@@ -62,9 +64,7 @@ class BodyLimitMiddleware:
                 started = True
             await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLargeError):
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            pass
         if exceeded and not started:
             await self._too_large()(scope, receive, send)
