@@ -47,7 +47,8 @@ def embed(matrix: sp.csr_matrix, dim: int, seed: int) -> Embedding:
     """Factorise ``matrix`` into ``dim`` components (clamped to what its shape allows)."""
     started = time.perf_counter()
     active = np.flatnonzero(np.diff(matrix.indptr) > 0)
-    x = matrix[active].astype(np.float64)
+    # Row selection copies the matrix: skip it when every row is active (the usual case).
+    x = (matrix if active.size == matrix.shape[0] else matrix[active]).astype(np.float64)
     n_rows, n_cols = x.shape
     if n_rows == 0 or n_cols == 0:
         raise ValueError("nothing to factorise: every customer row is empty")

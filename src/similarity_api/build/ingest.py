@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from similarity_api.errors import BuildError, InputError
@@ -164,48 +165,79 @@ def _validate(
     """Apply ``rules`` in order (first broken rule wins), parse, then reject exact duplicates.
 
     Returns (accepted rows with the ``parsed`` columns, rejects in REJECT_SCHEMA).
+
+    Almost every row is valid, so the work is split for speed and memory: one streaming pass keeps,
+    per row, its line, whether any rule is broken, and the parsed values (the raw text of the whole
+    file is never held); only the broken lines are then looked at again to name the first broken
+    rule, its field and the offending value.
     """
     if not rules:
         raise ValueError("at least one rule is needed")
-    # The first broken rule names the row's reason and field.
-    reason = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.reason)) for r in rules])
-    fld = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.field)) for r in rules])
-    value = pl.lit(None, dtype=pl.String)
-    for rule in rules:
-        first = rule.field.split(",")[0]
-        value = pl.when(pl.col("_field") == rule.field).then(pl.col(first)).otherwise(value)
+    broken = pl.any_horizontal([r.bad.fill_null(True) for r in rules])
+    frame = lf.select("line", broken.alias("_broken"), **parsed).collect(engine="streaming")
+    bad_lines = frame.filter(pl.col("_broken")).get_column("line")
+    valid = frame.filter(~pl.col("_broken")).drop("_broken")
+    del frame
 
-    checked = (
-        lf.with_columns(reason.alias("_reason"), fld.alias("_field"))
-        .with_columns(value.alias("_value"))
-        .with_columns(**parsed)
+    parts = []
+    if bad_lines.len():
+        # The first broken rule names the row's reason and field.
+        reason = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.reason)) for r in rules])
+        fld = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.field)) for r in rules])
+        value = pl.lit(None, dtype=pl.String)
+        for rule in rules:
+            first = rule.field.split(",")[0]
+            value = pl.when(pl.col("_field") == rule.field).then(pl.col(first)).otherwise(value)
+        parts.append(
+            lf.filter(pl.col("line").is_in(bad_lines.implode()))
+            .with_columns(reason.alias("_reason"), fld.alias("_field"))
+            .with_columns(value.alias("_value"))
+            .select("file", "line", "_reason", "_field", "_value")
+            .collect(engine="streaming")
+        )
+
+    # Exact duplicates are judged on the parsed values of valid rows: the first copy is kept. Only
+    # rows whose hash repeats can be copies, so the exact comparison runs on those alone.
+    key = pl.struct(list(dedupe_on))
+    duplicate = np.zeros(valid.height, dtype=bool)
+    maybe = np.flatnonzero(valid.select(key.hash().is_duplicated()).to_series().to_numpy())
+    if maybe.size:
+        repeated = valid[maybe].select(~key.is_first_distinct()).to_series().to_numpy()
+        duplicate[maybe[repeated]] = True
+    if duplicate.any():
+        file = lf.select("file").head(1).collect().item()
+        parts.append(
+            valid.filter(pl.Series(duplicate)).select(
+                pl.lit(file).alias("file"),
+                "line",
+                pl.lit("duplicate_row").alias("_reason"),
+                pl.lit(",".join(dedupe_on)).alias("_field"),
+                pl.concat_str([pl.col(c).cast(pl.String) for c in dedupe_on], separator=",").alias(
+                    "_value"
+                ),
+            )
+        )
+    schema = pl.Schema(
+        {
+            "file": pl.String(),
+            "line": pl.Int64(),
+            "_reason": pl.String(),
+            "_field": pl.String(),
+            "_value": pl.String(),
+        }
     )
-    # Exact duplicates are judged on the parsed values of valid rows: the first copy is kept.
-    first_copy = pl.struct(list(dedupe_on)).is_first_distinct().over(pl.col("_reason").is_null())
-    duplicate = pl.col("_reason").is_null() & ~first_copy
-    checked = checked.with_columns(
-        pl.when(duplicate)
-        .then(pl.lit("duplicate_row"))
-        .otherwise(pl.col("_reason"))
-        .alias("_reason"),
-        pl.when(duplicate)
-        .then(pl.lit(",".join(dedupe_on)))
-        .otherwise(pl.col("_field"))
-        .alias("_field"),
-        pl.when(duplicate)
-        .then(pl.concat_str([pl.col(c).cast(pl.String) for c in dedupe_on], separator=","))
-        .otherwise(pl.col("_value"))
-        .alias("_value"),
-    )
-    frame = checked.select(["file", "line", "_reason", "_field", "_value", *parsed]).collect()
-    rejects = frame.filter(pl.col("_reason").is_not_null()).select(
+    rejects = (
+        pl.concat([p.cast(schema) for p in parts]).sort("line")
+        if parts
+        else pl.DataFrame(schema=schema)
+    ).select(
         "file",
         "line",
         pl.col("_reason").alias("reason"),
         pl.col("_field").alias("field"),
         pl.col("_value").alias("value"),
     )
-    accepted = frame.filter(pl.col("_reason").is_null()).select(list(parsed))
+    accepted = valid.filter(~pl.Series(duplicate)).select(list(parsed))
     return accepted, rejects
 
 
