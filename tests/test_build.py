@@ -39,7 +39,8 @@ THREE = {
 
 
 def _idf(n: int, df: int) -> float:
-    return math.log((1 + n) / (1 + df)) + 1
+    """The smooth IDF, squared: (ln((1 + n) / (1 + df)) + 1)^2."""
+    return (math.log((1 + n) / (1 + df)) + 1) ** 2
 
 
 def _unit(v: list[float]) -> np.ndarray:
