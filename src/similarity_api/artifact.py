@@ -297,6 +297,11 @@ def _fail(path: Path, problem: str) -> ArtifactError:
     )
 
 
+def unusable(path: Path, problem: str) -> ArtifactError:
+    """The error for an artifact in ``path`` that must not be served: what is wrong, what to run."""
+    return _fail(path, problem)
+
+
 def read_manifest(path: Path) -> Manifest:
     file = path / MANIFEST
     if not file.is_file():

@@ -103,6 +103,14 @@ async def _reload_failed(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI answers a bare 400 when the body is not UTF-8, nests too deeply or holds a number
+        # too long to convert. To the client that is an invalid JSON body like any other: 422.
+        msg = "the body is not valid JSON (not UTF-8, nested too deeply or a number too long)"
+        errors = [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]
+        return problem(
+            422, "invalid-request", f"body: {msg}", title="Invalid request", errors=errors
+        )
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
     return problem(exc.status_code, None, detail, headers=getattr(exc, "headers", None))
 

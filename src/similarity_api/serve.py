@@ -53,6 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = exc.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
+    if not settings.wait_for_index:
+        # Refuse a missing or broken artifact here: one line and exit 1. Left to the workers, a
+        # refusal is a lifespan traceback, and with --workers > 1 uvicorn's parent then exits 0.
+        from similarity_api.errors import ArtifactError
+        from similarity_api.state import load_index
+
+        try:
+            load_index(settings).artifact.index.unload()
+        except ArtifactError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["formatters"]["app"] = {
         "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
