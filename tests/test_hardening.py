@@ -263,22 +263,39 @@ def test_old_mac_line_ends_are_one_error_naming_the_file(tmp_path: Path) -> None
     )
 
 
-def test_unclosed_quote_is_an_input_error(tmp_path: Path) -> None:
-    data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01,"c1",1,"B",60\n')
-    with pytest.raises(InputError, match="could not parse input"):
-        read_tables(data)
-
-
-@pytest.mark.xfail(
-    reason="build/ingest.py wraps a CSV parse error with the data folder only: the message "
-    "names neither the file nor the line (see docs/reliability.md)",
-    strict=True,
+@pytest.mark.parametrize(
+    ("file", "content", "problem"),
+    [
+        (
+            "user_course_views.csv",
+            VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01,"c1",1,"B",60\n4,"2017-06-01","c1",1,"B",6\n',
+            "line 4: malformed quoting",
+        ),
+        (
+            "user_course_views.csv",
+            VIEWS_HEAD
+            + TWO_VIEWS
+            + b'3,"2017-06-01","c1",1,"B",60\n4,"2017-06-01,c1,1,B,6\n'
+            + b"5,2017-06-01,c1,1,B,6\n" * 3,
+            "line 5: a quoted field is never closed",
+        ),
+        (
+            "course_tags.csv",
+            b'"course_id","course_tags"\n"c1","python"\n"c2","ja\nc3,go\nc4,go\n',
+            "line 3: a quoted field is never closed",
+        ),
+    ],
+    ids=["stray quote in views", "unclosed quote in views", "unclosed quote in course_tags"],
 )
-def test_unclosed_quote_error_names_the_file(tmp_path: Path) -> None:
-    data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01,"c1",1,"B",60\n')
+def test_a_csv_parse_error_names_the_file_and_line(
+    tmp_path: Path, file: str, content: bytes, problem: str
+) -> None:
+    data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS)
+    (data / file).write_bytes(content)
     with pytest.raises(InputError) as err:
         read_tables(data)
-    assert "user_course_views.csv" in str(err.value)
+    assert str(err.value).startswith(f"{data / file}: could not parse input at {problem}")
+    assert "\n" not in str(err.value)
 
 
 # --- bad input rows: counted, never lost ----------------------------------------------------------
@@ -338,23 +355,59 @@ def test_a_one_digit_month_is_accepted_as_a_date(tmp_path: Path) -> None:
     assert [str(d) for d in tables.views["view_date"].to_list()] == ["2017-06-01", "2017-06-01"]
 
 
-@pytest.mark.xfail(
-    reason="build/ingest.py accepts a row with more fields than the header and silently drops "
-    "the extra fields; it should be a counted rejection (see docs/reliability.md)",
-    strict=True,
-)
 def test_a_row_with_extra_fields_is_rejected(tmp_path: Path) -> None:
     data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01","c1",1,"B",60,99,100\n')
     tables = read_tables(data)
-    assert [line for line, _ in _rejects(tables, "user_course_views.csv")] == [4]
+    _nothing_lost(tables)
+    assert tables.rejects.select("line", "reason", "field", "value").rows() == [
+        (4, "extra_fields", "(beyond the header)", "99,100")
+    ]
+    assert sorted(tables.views["user_handle"].to_list()) == [1, 2]
 
 
-def test_a_row_with_extra_fields_is_read_today(tmp_path: Path) -> None:
-    """Pins today's behaviour of the case above, so a change to it is noticed either way."""
-    data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01","c1",1,"B",60,99,100\n')
+def test_extra_fields_are_rejected_in_every_file_and_win_over_other_reasons(
+    tmp_path: Path,
+) -> None:
+    views = (
+        VIEWS_HEAD
+        + TWO_VIEWS
+        + b'3,"2017-06-01",,"c1",1,"B",60\n'  # a stray comma shifts every field: one extra
+        + b'4,"2017-06-01","c1",1,"B",60,,,,,,7\n'  # twice the header's width: still a row
+        + b'5,"2017-06-01","c1",1,"B",60,\n'  # a trailing comma: an empty extra, kept
+        + b'6,"2017-06-01","c1",1,"B",60,,\n'
+    )
+    # c3: an empty quoted extra is nothing, kept; c4: its only row is rejected, so it is unknown.
+    tags = TAGS + b'"c3","go",""\n"c4","","x"\n'
+    data = _files(tmp_path, views, tags)
+    (data / "user_interests.csv").write_bytes(
+        b"user_handle,interest_tag,date_followed\n1,python,2017-01-01 00:00:00,x\n"
+    )
+    (data / "user_assessment_scores.csv").write_bytes(
+        b"user_handle,assessment_tag,user_assessment_date,user_assessment_score\n"
+        b"1,python,2017-01-01 00:00:00,100,\n2,python,2017-01-01 00:00:00,100,1\n"
+    )
     tables = read_tables(data)
-    assert tables.rejects.height == 0
-    assert tables.views.filter(pl.col("user_handle") == 3)["view_time_seconds"].to_list() == [60.0]
+    _nothing_lost(tables)
+    assert tables.rejects.select("file", "line", "reason", "value").rows() == [
+        ("course_tags.csv", 5, "extra_fields", "x"),
+        ("user_assessment_scores.csv", 3, "extra_fields", "1"),
+        ("user_course_views.csv", 4, "extra_fields", "60"),
+        ("user_course_views.csv", 5, "extra_fields", ",,,,,7"),
+        ("user_interests.csv", 2, "extra_fields", "x"),
+    ]
+    assert sorted(tables.views["user_handle"].to_list()) == [1, 2, 5, 6]
+    assert tables.courses["course_id"].to_list() == ["c1", "c2", "c3"]
+
+
+def test_a_row_more_than_twice_as_wide_as_the_header_is_one_error(tmp_path: Path) -> None:
+    wide = b'3,"2017-06-01","c1",1,"B",60' + b",1" * 7 + b"\n"
+    data = _files(tmp_path, VIEWS_HEAD + TWO_VIEWS + wide)
+    with pytest.raises(InputError) as err:
+        read_tables(data)
+    assert str(err.value) == (
+        f"{data / 'user_course_views.csv'}: could not parse input at line 4: the row has 13 "
+        "fields, the header 6: too many to read as a rejected row"
+    )
 
 
 def test_duplicate_header_columns_use_the_first(tmp_path: Path) -> None:
@@ -496,7 +549,7 @@ CLI_CASES: dict[str, CliCase] = {
     ),
     "unclosed quote": CliCase(
         _views_only(VIEWS_HEAD + TWO_VIEWS + b'3,"2017-06-01,"c1",1,"B",60\n'),
-        "could not parse input",
+        "user_course_views.csv: could not parse input at line 4",
     ),
     "every file header-only": CliCase(_header_only, "no usable rows in any file"),
     "only zero-second views": CliCase(

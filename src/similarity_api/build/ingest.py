@@ -19,14 +19,21 @@ What each dirty case means (also in the README):
 
 Text is normalised before use: surrounding spaces are stripped and tags are lower-cased.
 Bytes that are not UTF-8 are decoded leniently and the row is rejected as ``invalid_utf8``.
+
+A row with more fields than the header is misaligned, so none of its values can be trusted: it is
+rejected as ``extra_fields``. Extra fields that are all empty (a trailing comma, ``""``) carry
+nothing and are ignored. A row so wide that it has more than twice the header's fields, or a quote that is
+never closed, cannot be read as rows at all: the build stops with an error naming file and line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +104,13 @@ class _Rule:
     reason: str
     field: str
     bad: pl.Expr  # true where the row breaks the rule
+    value: pl.Expr | None = None  # what the rejects report shows; default: the field's text
+
+
+#: The spare columns a scan declares after the header's: a row's fields beyond the header.
+SPARE = r"^_+spare_\d+$"
+#: How rejects.csv names the field of an ``extra_fields`` row.
+EXTRA_FIELD = "(beyond the header)"
 
 
 def _sha256(path: Path) -> str:
@@ -108,7 +122,13 @@ def _sha256(path: Path) -> str:
 
 
 def _scan(path: Path, columns: Sequence[str]) -> pl.LazyFrame:
-    """Scan a CSV with every column as text, after checking the file and its header."""
+    """Scan a CSV with every column as text, after checking the file and its header.
+
+    The frame has ``columns``, ``line`` (the header is line 1), ``file`` and the ``SPARE``
+    columns: the scan declares as many spare columns after the header's as the header has, so a row
+    with more fields than the header shows them there instead of being cut short. A row wider than
+    that is a parse error, but only when every column is read: see ``_STRICT``.
+    """
     name = path.name
     if not path.is_file():
         raise InputError(f"{path}: required file is missing")
@@ -124,18 +144,80 @@ def _scan(path: Path, columns: Sequence[str]) -> pl.LazyFrame:
         raise InputError(
             f"{path}: missing column {missing[0]!r} (header has: {', '.join(header) or 'nothing'})"
         )
+    spare = [f"_spare_{i}" for i in range(len(header))]
+    while set(spare) & set(header):
+        spare = [f"_{s}" for s in spare]
     return (
         pl.scan_csv(
             path,
-            infer_schema=False,
+            has_header=False,
+            skip_rows=1,
+            schema=dict.fromkeys([*header, *spare], pl.String()),
+            missing_columns="insert",
             encoding="utf8-lossy",
-            new_columns=header,
             truncate_ragged_lines=False,
         )
-        .select(columns)
+        .select(*columns, *spare)
         .with_row_index("line", offset=2)
         .with_columns(pl.col("line").cast(pl.Int64), pl.lit(name).alias("file"))
     )
+
+
+#: Reading every column of the file, not only the ones used, is what makes polars check that no
+#: row has more fields than the scan declares (with projection pushdown it stops at the last
+#: column it needs and silently ignores the rest of the row). Used by the one pass over each file.
+_STRICT = pl.QueryOptFlags(projection_pushdown=False)
+
+
+def _has_extra_fields() -> pl.Expr:
+    """True where a row has a non-empty field beyond the header (empty ones carry nothing)."""
+    return pl.any_horizontal(pl.col(SPARE).fill_null("") != "")
+
+
+def _extra_rule() -> _Rule:
+    """A row with more (non-empty) fields than the header: misaligned, so nothing in it is used."""
+    extra = pl.concat_str(pl.col(SPARE).fill_null(""), separator=",").str.strip_chars_end(",")
+    return _Rule("extra_fields", EXTRA_FIELD, _has_extra_fields(), extra)
+
+
+def _locate_parse_error(path: Path) -> tuple[int, str] | None:
+    """Find the line (physical, where the record starts) that polars could not parse, and why.
+
+    Only runs after polars has failed on the file, so a slow pure-Python pass is fine here.
+    """
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh, strict=True)
+        width = 0
+        start = 1
+        try:
+            for record in reader:
+                if not width:
+                    width = len(record)
+                elif len(record) > 2 * width:
+                    return start, (
+                        f"the row has {len(record)} fields, the header {width}: too many to read "
+                        "as a rejected row"
+                    )
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc) or "field larger than field limit" in str(exc):
+                return start, "a quoted field is never closed"
+            return start, f"malformed quoting ({exc})"
+    return None
+
+
+@contextlib.contextmanager
+def _parsing(path: Path) -> Iterator[None]:
+    """Turn a polars parse error on ``path`` into one InputError line naming file and line."""
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        where = _locate_parse_error(path)
+        if where is not None:
+            line, problem = where
+            raise InputError(f"{path}: could not parse input at line {line}: {problem}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: could not parse input: {first[:200]}") from exc
 
 
 def _text(column: str) -> pl.Expr:
@@ -174,7 +256,9 @@ def _validate(
     if not rules:
         raise ValueError("at least one rule is needed")
     broken = pl.any_horizontal([r.bad.fill_null(True) for r in rules])
-    frame = lf.select("line", broken.alias("_broken"), **parsed).collect(engine="streaming")
+    frame = lf.select("line", broken.alias("_broken"), **parsed).collect(
+        engine="streaming", optimizations=_STRICT
+    )
     bad_lines = frame.filter(pl.col("_broken")).get_column("line")
     valid = frame.filter(~pl.col("_broken")).drop("_broken")
     del frame
@@ -186,8 +270,8 @@ def _validate(
         fld = pl.coalesce([pl.when(r.bad.fill_null(True)).then(pl.lit(r.field)) for r in rules])
         value = pl.lit(None, dtype=pl.String)
         for rule in rules:
-            first = rule.field.split(",")[0]
-            value = pl.when(pl.col("_field") == rule.field).then(pl.col(first)).otherwise(value)
+            shown = pl.col(rule.field.split(",")[0]) if rule.value is None else rule.value
+            value = pl.when(pl.col("_field") == rule.field).then(shown).otherwise(value)
         parts.append(
             lf.filter(pl.col("line").is_in(bad_lines.implode()))
             .with_columns(reason.alias("_reason"), fld.alias("_field"))
@@ -272,6 +356,7 @@ def _read_course_tags(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
     started = time.perf_counter()
     lf = _scan(path, REQUIRED_COLUMNS[COURSE_TAGS])
     rules = [
+        _extra_rule(),
         _utf8_rule(["course_id", "course_tags"]),
         _Rule("missing_course_id", "course_id", _text("course_id").fill_null("") == ""),
         _Rule("empty_tag", "course_tags", _text("course_tags").fill_null("") == ""),
@@ -280,8 +365,7 @@ def _read_course_tags(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
     accepted, rejects = _validate(lf, rules, parsed, dedupe_on=["course_id", "tag"])
     # A course whose only row has an empty tag is still a known course.
     untagged = (
-        lf.select("course_id", "course_tags")
-        .filter(_text("course_tags").fill_null("") == "")
+        lf.filter((_text("course_tags").fill_null("") == "") & ~_has_extra_fields())
         .select(_text("course_id").alias("course_id"))
         .filter(pl.col("course_id").fill_null("") != "")
         .filter(~pl.col("course_id").str.contains("\ufffd", literal=True))
@@ -303,6 +387,7 @@ def _read_views(path: Path, courses: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
     date = _text("view_date").str.strptime(pl.Date, DATE_FORMAT, strict=False)
     known = _text("course_id").is_in(courses.get_column("course_id").implode())
     rules = [
+        _extra_rule(),
         _utf8_rule(["user_handle", "view_date", "course_id", "view_time_seconds"]),
         *_handle_rules(),
         _Rule("missing_course_id", "course_id", _text("course_id").fill_null("") == ""),
@@ -327,6 +412,7 @@ def _read_interests(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, FileReport]
     lf = _scan(path, REQUIRED_COLUMNS[INTERESTS])
     date = _text("date_followed").str.strptime(pl.Datetime("us"), DATETIME_FORMAT, strict=False)
     rules = [
+        _extra_rule(),
         _utf8_rule(["user_handle", "interest_tag", "date_followed"]),
         *_handle_rules(),
         _Rule("empty_tag", "interest_tag", _text("interest_tag").fill_null("") == ""),
@@ -349,6 +435,7 @@ def _read_assessments(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, FileRepor
     )
     score = _text("user_assessment_score").cast(pl.Int64, strict=False)
     rules = [
+        _extra_rule(),
         _utf8_rule(
             ["user_handle", "assessment_tag", "user_assessment_date", "user_assessment_score"]
         ),
@@ -384,8 +471,12 @@ def read_tables(data_dir: Path) -> Tables:
         if not (data_dir / name).is_file():
             raise InputError(f"{data_dir / name}: required file is missing")
     try:
-        course_tags, courses, tag_rejects, tags_report = _read_course_tags(data_dir / COURSE_TAGS)
-        views, view_rejects, views_report = _read_views(data_dir / VIEWS, courses)
+        with _parsing(data_dir / COURSE_TAGS):
+            course_tags, courses, tag_rejects, tags_report = _read_course_tags(
+                data_dir / COURSE_TAGS
+            )
+        with _parsing(data_dir / VIEWS):
+            views, view_rejects, views_report = _read_views(data_dir / VIEWS, courses)
         reports = [views_report, tags_report]
         rejects = [view_rejects, tag_rejects]
 
@@ -393,7 +484,8 @@ def read_tables(data_dir: Path) -> Tables:
             {"user_handle": pl.Int64, "tag": pl.String, "date_followed": pl.Datetime("us")}
         )
         if (data_dir / INTERESTS).is_file():
-            interests, rej, rep = _read_interests(data_dir / INTERESTS)
+            with _parsing(data_dir / INTERESTS):
+                interests, rej, rep = _read_interests(data_dir / INTERESTS)
             rejects.append(rej)
             reports.append(rep)
         else:
@@ -409,7 +501,8 @@ def read_tables(data_dir: Path) -> Tables:
             }
         )
         if (data_dir / ASSESSMENTS).is_file():
-            assessments, rej, rep = _read_assessments(data_dir / ASSESSMENTS)
+            with _parsing(data_dir / ASSESSMENTS):
+                assessments, rej, rep = _read_assessments(data_dir / ASSESSMENTS)
             rejects.append(rej)
             reports.append(rep)
         else:
