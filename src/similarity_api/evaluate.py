@@ -40,6 +40,7 @@ import os
 import platform
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -871,7 +872,7 @@ def plot(reports: Sequence[DatasetReport], path: Path, k: int, n: int) -> Path |
         height = 0.8 / len(bars)
         for i, (label, values) in enumerate(bars):
             ax.barh(y + (i - (len(bars) - 1) / 2) * height, values, height=height, label=label)
-        ax.set_yticks(y, [r.method for r in rows], fontsize=7)
+        ax.set_yticks(y, [textwrap.fill(r.method, 34) for r in rows], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_title(f"{report.name}: {kind}", fontsize=9)
