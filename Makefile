@@ -19,7 +19,7 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 setup: $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --inexact --python $(PYTHON)
 
 demo: setup
 	@test -f $(DEMO_DIR)/data/user_course_views.csv || \
@@ -37,7 +37,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: $(UV)
-	$(UV) sync --frozen --python $(PYTHON) --group bench
+	$(UV) sync --frozen --inexact --python $(PYTHON) --group bench
 
 clean:
 	rm -rf $(TOOLS) $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
