@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from similarity_api.limits import HeadLimitedHttpToolsProtocol
 from similarity_api.settings import ServeSettings
 
 
@@ -86,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": settings.log_level,
         "proxy_headers": False,
         "server_header": False,
+        # httptools, with a bound on the request head that uvicorn itself does not offer.
+        "http": functools.partial(
+            HeadLimitedHttpToolsProtocol, max_head_bytes=settings.max_header_bytes
+        ),
     }
     if settings.workers == 1:
         from similarity_api.app import create_app

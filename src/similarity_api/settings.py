@@ -69,6 +69,12 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024, ge=1024, description="requests with a larger body get 413"
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="requests whose request line and headers are larger get 431 (applied by "
+        "`python -m similarity_api serve`, not by a bare uvicorn)",
+    )
     candidates: int | None = Field(
         None, ge=1, le=10_000, description="override the artifact's Annoy candidate count"
     )
