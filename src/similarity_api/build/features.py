@@ -62,6 +62,11 @@ class FeatureMatrix:
     seconds: float
 
 
+def _row_norms(rows: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """L2 norm of each row's values (0 for a row with none)."""
+    return np.sqrt(np.bincount(rows, weights=values * values, minlength=n_rows))
+
+
 def _idf(df: np.ndarray, n: int) -> np.ndarray:
     smooth = np.log((1.0 + n) / (1.0 + df)) + 1.0
     return (smooth**2).astype(np.float32)
@@ -126,7 +131,10 @@ def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
     names: list[str] = []
     blocks: list[Block] = []
     idf_parts: list[np.ndarray] = []
-    long_parts: list[pl.DataFrame] = []
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    n_users = users.height
     for name in BLOCKS:
         labels = vocab[name]
         start = len(names)
@@ -149,33 +157,36 @@ def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
             .join(users, on="user_handle", how="inner")
             .select(pl.col("row").cast(pl.Int64), "col", pl.col("value").cast(pl.Float64))
         )
+        # Per-row sums with np.bincount: a window (``.over("row")``) over tens of millions of
+        # values costs a hash group-by each time; the row numbers are already dense indices.
+        rows = frame.get_column("row").to_numpy()
+        cols = frame.get_column("col").to_numpy()
+        values = frame.get_column("value").to_numpy()
+        del frame
         if block.log:
-            frame = frame.with_columns(pl.col("value").log1p())
-        frame = frame.filter(pl.col("value") > 0)
-        df = np.bincount(
-            (frame.get_column("col").to_numpy() - start), minlength=len(labels)
-        ).astype(np.float64)
-        n_block_users = frame.get_column("row").n_unique()
+            values = np.log1p(values)
+        keep = values > 0
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+        df = np.bincount(cols - start, minlength=len(labels)).astype(np.float64)
+        n_block_users = int(np.count_nonzero(np.bincount(rows, minlength=n_users)))
         idf = _idf(df, n_block_users)
         idf_parts.append(idf)
-        scale = idf.astype(np.float64)[frame.get_column("col").to_numpy() - start]
-        frame = frame.with_columns(pl.col("value") * pl.Series(scale))
-        norm = pl.col("value").pow(2).sum().over("row").sqrt()
-        frame = frame.with_columns((pl.col("value") / norm * block.weight).alias("value"))
-        frame = frame.filter(pl.col("value") > 0)
-        long_parts.append(frame)
-        logger.debug("block %s: %d columns, %d values", name, len(labels), frame.height)
+        values = values * idf.astype(np.float64)[cols - start]
+        values = values / _row_norms(rows, values, n_users)[rows] * block.weight
+        keep = values > 0
+        row_parts.append(rows[keep])
+        col_parts.append(cols[keep])
+        value_parts.append(values[keep])
+        logger.debug("block %s: %d columns, %d values", name, len(labels), int(keep.sum()))
 
-    long = pl.concat(long_parts).with_columns(
-        (pl.col("value") / pl.col("value").pow(2).sum().over("row").sqrt()).alias("value")
-    )
+    rows = np.concatenate(row_parts)
+    cols = np.concatenate(col_parts)
+    values = np.concatenate(value_parts)
+    del row_parts, col_parts, value_parts
+    values = values / _row_norms(rows, values, n_users)[rows]
     # No sort needed: (row, col) pairs are unique and the CSR conversion orders rows and columns.
-    n_users = users.height
     matrix = sp.csr_matrix(
-        (
-            long.get_column("value").to_numpy().astype(np.float32),
-            (long.get_column("row").to_numpy(), long.get_column("col").to_numpy()),
-        ),
+        (values.astype(np.float32), (rows, cols)),
         shape=(n_users, len(names)),
         dtype=np.float32,
     )
@@ -222,7 +233,8 @@ def _summaries(
         raw["tag"]
         .filter(pl.col("value") > 0)
         .join(tag_cols, on="label", how="inner")
-        .sort(["user_handle", "value", "label"], descending=[False, True, False])
+        # tag_index follows the sorted labels, so ties break by label, on integers
+        .sort(["user_handle", "value", "tag_index"], descending=[False, True, False])
         .group_by("user_handle", maintain_order=True)
         .head(TOP_TAGS)
         .join(users, on="user_handle", how="inner")
