@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procmon
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = str(ROOT / ".venv" / "bin" / "python")
+# The interpreter running this script runs the children too (any env with the bench group).
+PY = sys.executable
 RESULTS = ROOT / "benchmarks" / "results"
 STAGES = ("ingest", "features", "embeddings", "index", "quality")
 
@@ -74,6 +75,7 @@ def build(
         "mode": label,
         "ok": run.ok,
         "wall_seconds": run.seconds,
+        "cpu_seconds": run.cpu_seconds,
         "peak_rss_bytes": run.peak_rss_bytes,
         "killed_for_rss": run.killed_for_rss,
         "timed_out": run.timed_out,
@@ -120,11 +122,16 @@ def original(data: Path, n: int, *, cap: int, timeout: float, root: Path) -> dic
         "ok": error is None,
         "error": error,
         "wall_seconds": run.seconds,
+        "cpu_seconds": run.cpu_seconds,
         "peak_rss_bytes": run.peak_rss_bytes,
         "address_space_cap_bytes": cap,
         "stages": by_stage,
         "command": " ".join(command),
     }
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    return f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
 
 
 def _gb(b: float) -> str:
@@ -144,8 +151,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## This pipeline (seconds per stage from the manifest; peak RSS of the build process)",
         "",
         "| customers | mode | ingest | features | embeddings | index | quality | total s | wall s "
-        "| peak RSS GiB | artifact MiB | index.ann MiB | recall@10 Annoy | served |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s | peak RSS GiB | artifact MiB | index.ann MiB | recall@10 Annoy | served |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["builds"]:
         if not r["ok"]:
@@ -157,7 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['customers']:,} | {r['mode']} | "
             + " | ".join(f"{t.get(s, 0):.1f}" for s in STAGES)
-            + f" | {t['total']:.1f} | {r['wall_seconds']:.1f} | {_gb(r['peak_rss_bytes'])} "
+            + f" | {t['total']:.1f} | {r['wall_seconds']:.1f} | {_cpu(r)} "
+            f"| {_gb(r['peak_rss_bytes'])} "
             f"| {r['artifact_bytes'] / 2**20:.0f} | {r['index_bytes'] / 2**20:.0f} "
             f"| {q.get('recall_at_10_annoy', float('nan')):.4f} "
             f"| {q.get('recall_at_10_served', float('nan')):.4f} |"
@@ -172,7 +180,12 @@ def markdown(result: dict[str, Any]) -> str:
         "| peak RSS GiB | ours (deterministic) / original, time | memory |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ours = {r["customers"]: r for r in result["builds"] if r["mode"] == "deterministic" and r["ok"]}
+    # The ratio uses the last deterministic build of each size (after any fix, when merged).
+    ours = {
+        r["customers"]: r
+        for r in result["builds"]
+        if r["mode"].startswith("deterministic") and r["ok"]
+    }
     for o in result["original"]:
         s = o["stages"]
 
@@ -208,7 +221,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode, style in (("deterministic", "o-"), ("fast", "s--")):
+    modes = dict.fromkeys(r["mode"] for r in result["builds"])
+    styles = ["o-", "s--", "D:", "v-."]
+    for mode, style in zip(modes, styles, strict=False):
         rows = [r for r in result["builds"] if r["mode"] == mode and r["ok"]]
         if not rows:
             continue
@@ -268,6 +283,36 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(specs: list[str], out: Path) -> int:
+    merged: dict[str, Any] = {"builds": [], "original": [], "runs": []}
+    originals: dict[int, dict[str, Any]] = {}
+    for spec in specs:
+        label, _, path = spec.partition("=")
+        run = json.loads(Path(path).read_text())
+        merged.setdefault("machine", run["machine"])
+        merged["runs"].append(
+            {
+                "label": label,
+                "command": run["command"],
+                "started": run["started"],
+                "load_avg_at_start": run["machine"]["load_avg_at_start"],
+            }
+        )
+        for b in run["builds"]:
+            merged["builds"].append(b | {"mode": f"{b['mode']} {label}".strip()})
+        for o in run["original"]:
+            if o["ok"] or o["stages"] or o["customers"] not in originals:
+                originals[o["customers"]] = o
+    merged["original"] = [originals[n] for n in sorted(originals)]
+    merged["command"] = " ; ".join(r["command"] for r in merged["runs"])
+    merged["started"] = " ; ".join(f"{r['label']}: {r['started']}" for r in merged["runs"])
+    merged["machine"]["load_avg_at_start"] = [r["load_avg_at_start"] for r in merged["runs"]]
+    out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(merged))
+    plot(merged, out.with_suffix(".png"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -299,7 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1200.0, help="per process, seconds [1200]")
     p.add_argument("--keep-artifacts", action="store_true", help="keep the built artifacts")
     p.add_argument("--out", type=Path, default=RESULTS / "build_scaling")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="LABEL=JSON",
+        help="run nothing: merge recorded results (each build's mode gets the label as a suffix, "
+        "a later original-approach row replaces an earlier one of the same size) into --out",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     args.data_root.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {

@@ -34,6 +34,7 @@ class Run:
     seconds: float
     peak_rss_bytes: int  # ru_maxrss of the child (largest single process)
     peak_tree_rss_bytes: int  # polled sum over the process tree
+    cpu_seconds: float  # user + system CPU time of the child (and its waited-for children)
     killed_for_rss: bool
     timed_out: bool
     stdout_tail: str
@@ -134,6 +135,7 @@ def run(
         seconds=round(seconds, 3),
         peak_rss_bytes=int(usage.ru_maxrss) * 1024 if usage else 0,
         peak_tree_rss_bytes=peak_tree,
+        cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3) if usage else 0.0,
         killed_for_rss=killed,
         timed_out=timed_out,
         stdout_tail=tail(log) if log else "",

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procmon
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = str(ROOT / ".venv" / "bin" / "python")
+# The interpreter running this script runs the children too (any env with the bench group).
+PY = sys.executable
 RESULTS = ROOT / "benchmarks" / "results"
 
 LUA = """
