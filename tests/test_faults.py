@@ -238,6 +238,19 @@ async def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(
         assert victim not in after  # ... one of them new
         assert all(o.status in (None, 200) for o in outcomes)  # never an error status
         assert all(o.status is None for o in failed)
+        # /metrics forgets the dead worker's index series and keeps its counts in the totals.
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as http:
+            text = (await http.get("/metrics")).text
+        pids = {int(p) for p in re.findall(r'similarity_index_info\{pid="(\d+)"', text)}
+        assert pids == after, text
+        served = sum(
+            float(n)
+            for n in re.findall(
+                r'similarity_requests_total\{method="POST",route="/predict",status="200"\} (\S+)',
+                text,
+            )
+        )
+        assert served >= sum(o.status == 200 for o in outcomes), text
         # Only requests in flight on, or queued to, the killed worker can fail: at most one per
         # client, and only around the kill.
         assert len(failed) <= clients, failed

@@ -642,7 +642,9 @@ def test_build_cli_bad_option_exits_2_with_one_error_line(tmp_path: Path) -> Non
         timeout=CLI_TIMEOUT,
     )
     assert proc.returncode == 2
-    assert proc.stderr == "error: dim: Input should be greater than or equal to 2\n"
+    assert proc.stderr == (
+        "error: --dim (SIMILARITY_BUILD_DIM): Input should be greater than or equal to 2\n"
+    )
 
 
 # --- broken artifacts: a reload refuses them and the old index keeps serving ---------------------

@@ -26,13 +26,18 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status: 0 done, 1 an input or environment problem, 2 bad usage."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help"}:
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] in {"-h", "--help"}:
         print(USAGE)
-        return 0 if args else 2
+        return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        names = ", ".join(COMMANDS)
+        print(f"error: unknown command {command!r} (commands: {names})", file=sys.stderr)
         return 2
     module, name = COMMANDS[command]
     run: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module), name)

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from similarity_api import __version__, problems
 from similarity_api.errors import ArtifactError
 from similarity_api.limits import BodyLimitMiddleware
-from similarity_api.metrics import MetricsMiddleware
+from similarity_api.metrics import Metrics, MetricsMiddleware
 from similarity_api.routes import router
 from similarity_api.settings import ServeSettings
 from similarity_api.state import ServiceState, load_index
@@ -33,18 +33,20 @@ embeddings learned from course views, course tags, followed interests and assess
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
-    state = ServiceState(settings=settings)
+    state = ServiceState(settings=settings, metrics=Metrics(settings.prometheus_multiproc_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Per-request matrix products are tiny: many BLAS threads per request only contend.
         blas = threadpool_limits(limits=settings.blas_threads)
+        state.metrics.forget_dead_workers()
         try:
             state.swap(await run_in_threadpool(load_index, settings))
         except ArtifactError as exc:
             if not settings.wait_for_index:
                 logger.error("cannot start: %s", exc)
                 blas.restore_original_limits()
+                state.metrics.worker_stopped()
                 raise
             state.problem = exc.public
             logger.warning("starting without an index (wait_for_index): %s", exc)
@@ -61,6 +63,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             blas.restore_original_limits()
+            state.metrics.worker_stopped()
 
     app = FastAPI(
         title="similarity-api",

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import os
+import shutil
+import socket
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from similarity_api.build.cli import validation_message
 from similarity_api.limits import HeadLimitedHttpToolsProtocol
 from similarity_api.settings import ServeSettings
 
@@ -36,25 +42,58 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: ServeSettings fields that have a command-line option -> the option; the rest are environment only.
+OPTIONS: dict[str, str] = {
+    name: "--" + name.replace("_", "-")
+    for name in ("artifacts_dir", "host", "port", "workers", "log_level")
+}
+
+
+def listen_problem(host: str, port: int, workers: int) -> str | None:
+    """Why uvicorn could not listen on ``host:port``, or None: every address it would use binds.
+
+    Binds as uvicorn will (SO_REUSEADDR; one worker: every address the host resolves to, as asyncio
+    does; several: the first, as uvicorn's own socket does) and closes the sockets again.
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_UNSPEC
+    if workers > 1:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(
+            host or None, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for af, kind, proto, _, address in found if workers == 1 else found[:1]:
+            with socket.socket(af, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if af == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:  # socket.gaierror included: the host does not resolve
+        return f"cannot listen on {where}: {exc.strerror or exc}"
+    except UnicodeError as exc:  # not even a host name (an empty or too long label)
+        return f"cannot listen on {where}: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "artifacts_dir": args.artifacts_dir,
-            "host": args.host,
-            "port": args.port,
-            "workers": args.workers,
-            "log_level": args.log_level,
-        }.items()
-        if v is not None
+        name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None
     }
     try:
         settings = ServeSettings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        print(f"error: {validation_message(exc, ServeSettings, OPTIONS)}", file=sys.stderr)
         return 2
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Before the index loads (seconds on a large one), not as uvicorn's exit 3 afterwards.
+    problem = listen_problem(settings.host, settings.port, settings.workers)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     if not settings.wait_for_index:
         # Refuse a missing or broken artifact here: one line and exit 1. Left to the workers, a
         # refusal is a lifespan traceback, and with --workers > 1 uvicorn's parent then exits 0.
@@ -101,5 +140,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Worker processes build their own app from the environment: hand the resolved values down.
     for key, value in overrides.items():
         os.environ[f"SIMILARITY_{key.upper()}"] = str(value)
-    uvicorn.run("similarity_api.app:create_app", factory=True, workers=settings.workers, **common)
+    with _shared_metrics(settings.prometheus_multiproc_dir):
+        uvicorn.run(
+            "similarity_api.app:create_app", factory=True, workers=settings.workers, **common
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(configured: Path | None) -> Iterator[None]:
+    """Point every worker at one prometheus multiprocess folder, so that /metrics is the whole
+    service's. A folder of our own is made and removed; a configured one is emptied first (values
+    of an earlier run must not count)."""
+    if configured is not None:
+        configured.mkdir(parents=True, exist_ok=True)
+        for stale in configured.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="similarity-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -97,3 +97,9 @@ class ServeSettings(BaseSettings):
         description="BLAS threads per worker; queries are small, so 1 avoids thread contention",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus_client's multiprocess folder: set, /metrics reports totals over "
+        "every worker (`serve --workers N` sets it up by itself)",
+    )

@@ -59,6 +59,7 @@ courses whose only tag row is the empty string (2%).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -1142,26 +1143,112 @@ def _generate_chunk(
     seconds[ASSESSMENTS] += time.perf_counter() - t3
 
 
+MAX_USERS = 100_000_000
+"""Most customers ``generate`` accepts: a typo of a few zeros must not allocate until it dies."""
+MAX_COURSES = 1_000_000
+MAX_COMMUNITIES = 100_000
+MAX_CHUNK_SIZE = 1_000_000
+
+#: SynthConfig's defaults: the one place the command line and its --help take them from.
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
+
+#: option (its dest) -> smallest and largest value the command line accepts (None: no bound).
+_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "users": (1, MAX_USERS),
+    "seed": (0, None),
+    "courses": (len(TOPICS), MAX_COURSES),
+    "communities": (1, MAX_COMMUNITIES),
+    "chunk_size": (1, MAX_CHUNK_SIZE),
+}
+
+
+def _allowed(dest: str) -> str:
+    """The values an option accepts, in words: "between 1 and 100,000,000" or "0 or more"."""
+    low, high = _BOUNDS[dest]
+    return f"{low:,} or more" if high is None else f"between {low:,} and {high:,}"
+
+
+def _grows_with_users(count: Callable[[SynthConfig], int]) -> str:
+    """A default that depends on --users, shown by example (computed, so it cannot drift)."""
+    examples = ", ".join(f"{count(SynthConfig(n_users=n)):,} for {n:,}" for n in (10**3, 10**6))
+    return f"grows with --users: {examples} customers"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="similarity-api generate",
-        description="Generate seeded synthetic customer-activity CSVs (Pluralsight layout).",
+        prog="similarity_api generate",
+        description="Generate seeded synthetic customer-activity CSVs (Pluralsight layout) and "
+        "communities.csv, the planted ground truth. Same options, same bytes.",
     )
-    p.add_argument("--users", type=int, required=True, help="number of customers")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--courses", type=int, default=None, help="catalogue size override")
-    p.add_argument("--communities", type=int, default=None, help="community count override")
-    p.add_argument("--clean", action="store_true", help="write no dirty rows")
     p.add_argument(
-        "--chunk-size", type=int, default=50_000, help="customers per chunk (memory only)"
+        "--users", type=int, required=True, help=f"customers, {_allowed('users')} [required]"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=_DEFAULTS["seed"],
+        help=f"random seed, {_allowed('seed')} [{_DEFAULTS['seed']}]",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output directory, created if missing; files of the same names are overwritten "
+        "[required]",
+    )
+    p.add_argument(
+        "--courses",
+        type=int,
+        default=_DEFAULTS["n_courses"],
+        help=f"catalogue size, {_allowed('courses')} [{_grows_with_users(SynthConfig.courses)}]",
+    )
+    p.add_argument(
+        "--communities",
+        type=int,
+        default=_DEFAULTS["n_communities"],
+        help=f"planted communities, {_allowed('communities')} "
+        f"[{_grows_with_users(SynthConfig.communities)}]",
+    )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help=f"write no dirty rows [{'off: dirty rows are written' if _DEFAULTS['dirty'] else 'on'}]",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=_DEFAULTS["chunk_size"],
+        help=f"customers generated at a time, {_allowed('chunk_size')}; changes memory use, "
+        f"never the output [{_DEFAULTS['chunk_size']}]",
     )
     return p
 
 
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """The first option outside its bounds, as a message naming it (None: every one is usable)."""
+    for dest, (low, high) in _BOUNDS.items():
+        value = getattr(args, dest)
+        if value is not None and (value < low or (high is not None and value > high)):
+            return f"--{dest.replace('_', '-')} must be {_allowed(dest)}, got {value:,}"
+    return None
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``generate`` sub-command: parse ``argv``, write the files, summarise on stderr."""
+    """``generate`` sub-command: parse ``argv``, write the files, summarise on stderr.
+
+    A bad option is one ``error:`` line and exit 2; an output folder that cannot be written, exit 1.
+    """
     args = _parser().parse_args(argv)
+    problem = _option_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from similarity_api.build.cli import directory_problem
+
+    problem = directory_problem(args.out, "output directory")
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     config = SynthConfig(
         n_users=args.users,
         seed=args.seed,
@@ -1170,7 +1257,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
         dirty=not args.clean,
         chunk_size=args.chunk_size,
     )
-    report = generate(config, args.out)
+    try:
+        report = generate(config, args.out)
+    except OSError as exc:  # e.g. the disk filled up
+        print(f"error: {exc.filename or args.out}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
     for name in FILES:
         print(
             f"{report.out_dir / name}: {report.rows[name]:,} rows "

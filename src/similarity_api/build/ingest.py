@@ -466,10 +466,12 @@ def read_tables(data_dir: Path) -> Tables:
     a missing column. Bad rows never raise: they are returned in ``Tables.rejects``.
     """
     if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: data directory does not exist")
+        problem = "is not a directory" if data_dir.exists() else "does not exist"
+        raise InputError(f"{data_dir}: data directory {problem}")
     for name in REQUIRED_FILES:
         if not (data_dir / name).is_file():
-            raise InputError(f"{data_dir / name}: required file is missing")
+            problem = "is not a regular file" if (data_dir / name).exists() else "is missing"
+            raise InputError(f"{data_dir / name}: required file {problem}")
     try:
         with _parsing(data_dir / COURSE_TAGS):
             course_tags, courses, tag_rejects, tags_report = _read_course_tags(
