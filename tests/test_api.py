@@ -276,10 +276,19 @@ async def test_explanations_add_up_and_summaries_match(
         assert s["contribution"] == pytest.approx(float(terms[column]), abs=1e-6)
 
 
-async def test_unknown_user_is_404_problem(client: httpx.AsyncClient) -> None:
+async def test_unknown_user_is_404_problem(
+    client: httpx.AsyncClient, real_artifact: Artifact
+) -> None:
     response = await client.post("/predict", json={"user_handle": 10_000_001})
-    body = assert_problem(response, 404, "/problems/unknown-user")
-    assert body["user_handle"] == 10_000_001
+    assert_problem(response, 404, "/problems/unknown-user")
+    assert response.json() == {
+        "type": "/problems/unknown-user",
+        "title": "Unknown customer",
+        "status": 404,
+        "detail": "customer 10000001 is not known to the index",
+        "user_handle": 10_000_001,
+        "index_version": real_artifact.manifest.version,
+    }
 
 
 # --- POST /predict/batch -------------------------------------------------------------------------
@@ -382,11 +391,21 @@ async def test_profile_reports_unknown_labels(client: httpx.AsyncClient) -> None
     ],
 )
 async def test_profile_with_nothing_known_is_422(
-    client: httpx.AsyncClient, profile: dict[str, Any], ignored: dict[str, list[str]]
+    client: httpx.AsyncClient,
+    real_artifact: Artifact,
+    profile: dict[str, Any],
+    ignored: dict[str, list[str]],
 ) -> None:
     response = await client.post("/predict/profile", json=profile)
-    body = assert_problem(response, 422, "/problems/empty-profile")
-    assert body["ignored"] == ignored
+    assert_problem(response, 422, "/problems/empty-profile")
+    assert response.json() == {
+        "type": "/problems/empty-profile",
+        "title": "Nothing known in the profile",
+        "status": 422,
+        "detail": "the profile contains no tag, course, interest or assessment the index knows",
+        "ignored": ignored,
+        "index_version": real_artifact.manifest.version,
+    }
 
 
 @pytest.mark.parametrize("user_handle", [1, 2])
@@ -451,10 +470,24 @@ async def test_user_one_known_facts(client: httpx.AsyncClient) -> None:
     assert summary["assessments"] == 0
 
 
-async def test_user_errors(client: httpx.AsyncClient) -> None:
+async def test_user_errors(client: httpx.AsyncClient, real_artifact: Artifact) -> None:
     body = assert_problem(await client.get("/users/77777777"), 404, "/problems/unknown-user")
-    assert body["user_handle"] == 77777777
-    for path in ("/users/0", "/users/abc", "/users/-1", f"/users/{2**63}"):
+    assert body == {
+        "type": "/problems/unknown-user",
+        "title": "Unknown customer",
+        "status": 404,
+        "detail": "customer 77777777 is not known to the index",
+        "user_handle": 77777777,
+        "index_version": real_artifact.manifest.version,
+    }
+    for path in (
+        "/users/0",
+        "/users/abc",
+        "/users/-1",
+        f"/users/{2**63}",
+        "/users/2.0",
+        "/users/+2",
+    ):
         problem = assert_problem(await client.get(path), 422, "/problems/invalid-request")
         assert problem["errors"][0]["loc"] == ["path", "user_handle"]
 
@@ -535,6 +568,7 @@ async def test_metrics(client: httpx.AsyncClient, real_artifact: Artifact) -> No
         ({"k": 5}, ["body", "user_handle"]),
         ({"user_handle": 1, "extra": 1}, ["body", "extra"]),
         (b'{"user_handle": 1,', ["body"]),
+        (b'{"user_handle": 2', ["body"]),
         (b"[1, 2]", ["body"]),
         (b"[]", ["body"]),
         (b"", ["body"]),
@@ -551,13 +585,12 @@ async def test_invalid_predict_bodies_are_422(
     assert body["title"] == "Invalid request"
     assert body["errors"]
     first = body["errors"][0]
+    assert first["loc"] == loc
     if isinstance(content, bytes) and content.startswith(b"{"):
-        # malformed JSON: the location is the body and the character position
-        assert first["loc"][0] == "body"
+        # malformed JSON: the body as a whole, with the decoder's position and reason in the message
         assert first["type"] == "json_invalid"
-    else:
-        assert first["loc"] == loc
-    assert body["detail"].startswith(".".join(first["loc"]))
+        assert first["msg"].startswith(f"invalid JSON at character {len(content)}: ")
+    assert body["detail"] == f"{'.'.join(first['loc'])}: {first['msg']}"
 
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
@@ -606,7 +639,15 @@ async def test_customer_with_no_comparable_activity(tmp_path: Path) -> None:
     async with serving(create_app(serve_settings(tmp_path / "artifacts"))) as http:
         response = await http.post("/predict", json={"user_handle": 5})
         body = assert_problem(response, 404, "/problems/no-comparable-activity")
-        assert body["user_handle"] == 5
+        assert body == {
+            "type": "/problems/no-comparable-activity",
+            "title": "Customer has no comparable activity",
+            "status": 404,
+            "detail": "customer 5 is known but has no comparable activity (no usable course "
+            "views, interests or assessments), so has no neighbours",
+            "user_handle": 5,
+            "index_version": result.manifest.version,
+        }
 
         user = await http.get("/users/5")
         assert user.status_code == 200
@@ -737,3 +778,10 @@ async def test_body_not_declared_as_json_is_415(client: httpx.AsyncClient) -> No
         "/predict", content=b'{"user_handle": 1}', headers={"content-type": "text/plain"}
     )
     assert_problem(response, 415)
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Unsupported Media Type",
+        "status": 415,
+        "detail": "the body is declared as text/plain: send it as JSON, with "
+        "`Content-Type: application/json`",
+    }

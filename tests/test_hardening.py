@@ -487,7 +487,7 @@ async def test_customers_in_one_file_only_are_compared(tiny_client: httpx.AsyncC
 
 @anyio
 async def test_a_customer_whose_every_row_was_rejected_is_unknown(
-    tiny_client: httpx.AsyncClient,
+    tiny: BuildResult, tiny_client: httpx.AsyncClient
 ) -> None:
     for response in (
         await tiny_client.get(f"/users/{ALL_REJECTED}"),
@@ -495,8 +495,10 @@ async def test_a_customer_whose_every_row_was_rejected_is_unknown(
     ):
         body = assert_problem(response, 404, "/problems/unknown-user")
         assert body["user_handle"] == ALL_REJECTED
+        assert body["index_version"] == tiny.manifest.version
     zero = await tiny_client.post("/predict", json={"user_handle": ZERO_SECONDS})
-    assert_problem(zero, 404, "/problems/no-comparable-activity")
+    body = assert_problem(zero, 404, "/problems/no-comparable-activity")
+    assert body["index_version"] == tiny.manifest.version
 
 
 # --- the build command line: one error line, exit 1, no traceback ---------------------------------
@@ -802,7 +804,9 @@ HOSTILE: dict[str, tuple[str, str, bytes | None, dict[str, Any], int, str | None
     "nested 30,000 deep": ("POST", "/predict", b"[" * 30_000 + b"]" * 30_000, JSON, 422, INVALID),
     "nested 20,000 deep in a field": ("POST", "/predict", _deep(20_000), JSON, 422, INVALID),
     "nested 500 deep in a field": ("POST", "/predict", _deep(500), JSON, 422, INVALID),
-    "no content-type": ("POST", "/predict", b'{"user_handle": 1}', {}, 422, INVALID),
+    "no content-type": ("POST", "/predict", b'{"user_handle": 1}', {}, 415, None),
+    "no content-type, malformed body": ("POST", "/predict", b'{"user_handle": 1', {}, 415, None),
+    "no content-type, no body": ("POST", "/predict", None, {}, 422, INVALID),
     "form content-type": (
         "POST",
         "/predict",
@@ -954,6 +958,18 @@ HOSTILE: dict[str, tuple[str, str, bytes | None, dict[str, Any], int, str | None
     "users NUL": ("GET", "/users/%00", None, {}, 422, INVALID),
     "users 10,000 digits": ("GET", "/users/" + "9" * 10_000, None, {}, 422, INVALID),
     "users -0": ("GET", "/users/-0", None, {}, 422, INVALID),
+    "users +1": ("GET", "/users/+1", None, {}, 422, INVALID),
+    "users 1.0": ("GET", "/users/1.0", None, {}, 422, INVALID),
+    "handle 1.0": ("POST", "/predict", b'{"user_handle": 1.0}', JSON, 422, INVALID),
+    "handle +1": ("POST", "/predict", b'{"user_handle": "+1"}', JSON, 422, INVALID),
+    "batch k 100 for 1,000 handles": (
+        "POST",
+        "/predict/batch",
+        json.dumps({"user_handles": list(range(1, 1001)), "k": 100}).encode(),
+        JSON,
+        422,
+        INVALID,
+    ),
     "OPTIONS": ("OPTIONS", "/predict", None, {}, 405, None),
     "TRACE": ("TRACE", "/predict", None, {}, 405, None),
     "reload with a 10 kB token": (
@@ -1044,8 +1060,9 @@ async def test_lenient_inputs_are_documented_not_errors(hostile_client: httpx.As
         "/predict/profile", json={"course_tags": {"python": "5"}, "k": 2}
     )
     assert string_seconds.status_code == 200
-    plus = await hostile_client.get("/users/+1")
-    assert plus.status_code == 200
+    zeros = await hostile_client.get("/users/" + "0" * 30 + "1")  # digits are digits
+    assert zeros.status_code == 200
+    assert zeros.json()["user_handle"] == 1
     for media in (
         "application/merge-patch+json",
         "APPLICATION/JSON",

@@ -38,6 +38,9 @@ class ArtifactError(SimilarityError):
 class UnknownUserError(SimilarityError):
     """The customer is not in the index at all."""
 
+    #: The version of the index that was asked, when whoever catches the error knows it.
+    index_version: str | None = None
+
     def __init__(self, user_handle: int) -> None:
         super().__init__(f"customer {user_handle} is not known to the index")
         self.user_handle = user_handle
@@ -45,6 +48,9 @@ class UnknownUserError(SimilarityError):
 
 class NoComparableActivityError(SimilarityError):
     """The customer is known, but none of their activity survived into the feature space."""
+
+    #: The version of the index that was asked, when whoever catches the error knows it.
+    index_version: str | None = None
 
     def __init__(self, user_handle: int) -> None:
         super().__init__(
@@ -56,6 +62,9 @@ class NoComparableActivityError(SimilarityError):
 
 class EmptyProfileError(SimilarityError):
     """A described profile contains nothing the index knows."""
+
+    #: The version of the index that was asked, when whoever catches the error knows it.
+    index_version: str | None = None
 
     def __init__(self, ignored: dict[str, list[str]]) -> None:
         super().__init__(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -49,16 +49,26 @@ def _loc(loc: Sequence[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _issue(error: Mapping[str, Any]) -> dict[str, Any]:
+    loc, msg, kind = (
+        tuple(error.get("loc", ())),
+        str(error.get("msg", "")),
+        str(error.get("type", "")),
+    )
+    if kind == "json_invalid" and len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
+        # FastAPI puts the decoder's character offset in the location, as if it were a field.
+        reason = error.get("ctx", {}).get("error", msg)
+        return {
+            "loc": ["body"],
+            "msg": f"invalid JSON at character {loc[1]}: {reason}",
+            "type": kind,
+        }
+    return {"loc": [str(p) for p in loc], "msg": msg, "type": kind}
+
+
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {
-            "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in exc.errors()
-    ][:20]
+    errors = [_issue(e) for e in exc.errors()[:20]]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     detail = f"{_loc(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
     return problem(422, "invalid-request", detail, title="Invalid request", errors=errors)
@@ -67,7 +77,12 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 async def _unknown_user(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UnknownUserError)
     return problem(
-        404, "unknown-user", str(exc), title="Unknown customer", user_handle=exc.user_handle
+        404,
+        "unknown-user",
+        str(exc),
+        title="Unknown customer",
+        user_handle=exc.user_handle,
+        index_version=exc.index_version,
     )
 
 
@@ -79,13 +94,19 @@ async def _no_activity(request: Request, exc: Exception) -> JSONResponse:
         str(exc),
         title="Customer has no comparable activity",
         user_handle=exc.user_handle,
+        index_version=exc.index_version,
     )
 
 
 async def _empty_profile(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EmptyProfileError)
     return problem(
-        422, "empty-profile", str(exc), title="Nothing known in the profile", ignored=exc.ignored
+        422,
+        "empty-profile",
+        str(exc),
+        title="Nothing known in the profile",
+        ignored=exc.ignored,
+        index_version=exc.index_version,
     )
 
 

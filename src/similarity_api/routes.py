@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
@@ -12,14 +14,17 @@ from starlette.concurrency import run_in_threadpool
 
 from similarity_api import schemas
 from similarity_api.dependencies import IndexDep, StateDep
-from similarity_api.errors import NoComparableActivityError, UnknownUserError
+from similarity_api.errors import EmptyProfileError, NoComparableActivityError, UnknownUserError
 from similarity_api.index import Neighbour, Profile, SimilarityIndex, UserSummary
 from similarity_api.problems import MEDIA_TYPE
-
-router = APIRouter()
-
+from similarity_api.settings import ServeSettings
 
 Responses = dict[int | str, dict[str, Any]]
+
+#: The limits as shipped, for the descriptions below. An operator may set others; the problem
+#: body's `limit_bytes` always states the one in force.
+_BODY_LIMIT: int = ServeSettings.model_fields["max_body_bytes"].default
+_HEAD_LIMIT: int = ServeSettings.model_fields["max_header_bytes"].default
 
 
 def _problem_doc(description: str) -> dict[str, Any]:
@@ -30,30 +35,69 @@ def _problem_doc(description: str) -> dict[str, Any]:
     }
 
 
+#: Every operation can answer these two.
+COMMON: Responses = {
+    431: _problem_doc(
+        f"Request line and headers over {_HEAD_LIMIT:,} bytes ({_HEAD_LIMIT // 1024} KiB; "
+        "`SIMILARITY_MAX_HEADER_BYTES`; applied by `python -m similarity_api serve`); "
+        "`limit_bytes` states the limit in force. The connection is then closed."
+    ),
+    500: _problem_doc("Internal error (type /problems/internal); it has been logged."),
+}
+router = APIRouter(responses=COMMON)
+
 INVALID: Responses = {
-    422: _problem_doc("Invalid body: the `errors` member names each wrong field.")
+    422: _problem_doc("Invalid request: the `errors` member names each wrong field or parameter.")
 }
 NOT_READY: Responses = {503: _problem_doc("No verified index is loaded yet.")}
 UNKNOWN: Responses = {
     404: _problem_doc(
         "Unknown customer (type /problems/unknown-user) or a known customer with no comparable "
-        "activity (type /problems/no-comparable-activity); both carry `user_handle`."
+        "activity (type /problems/no-comparable-activity); both carry `user_handle` and the "
+        "`index_version` that answered."
     )
 }
-TOO_LARGE: Responses = {413: _problem_doc("Request body over the configured limit.")}
+TOO_LARGE: Responses = {
+    413: _problem_doc(
+        f"Request body over {_BODY_LIMIT:,} bytes ({_BODY_LIMIT // 1024} KiB; "
+        "`SIMILARITY_MAX_BODY_BYTES`); "
+        "`limit_bytes` states the limit in force."
+    )
+}
 
 
 async def require_json(request: Request) -> None:
-    """Bodies are JSON: any other declared media type is 415, before the body is parsed."""
+    """Bodies are JSON: a body declared as anything else, or not declared at all, is 415."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media and media != "application/json" and not media.endswith("+json"):
+    if not media:
+        if await request.body():  # already read, and cached, by FastAPI
+            raise HTTPException(
+                status_code=415,
+                detail="the body has no Content-Type: send it as JSON, with "
+                "`Content-Type: application/json`",
+            )
+    elif media != "application/json" and not media.endswith("+json"):
         raise HTTPException(
-            status_code=415, detail=f"send the body as application/json, not {media[:100]}"
+            status_code=415,
+            detail=f"the body is declared as {media[:100]}: send it as JSON, with "
+            "`Content-Type: application/json`",
         )
 
 
 JSON_BODY = [Depends(require_json)]
-UNSUPPORTED: Responses = {415: _problem_doc("The body is not declared as application/json.")}
+UNSUPPORTED: Responses = {
+    415: _problem_doc("The body is not declared as `Content-Type: application/json`.")
+}
+
+
+@contextlib.contextmanager
+def _answering(index: SimilarityIndex) -> Iterator[None]:
+    """Name the index on the errors it raises, so their problem bodies can say which one it was."""
+    try:
+        yield
+    except (UnknownUserError, NoComparableActivityError, EmptyProfileError) as exc:
+        exc.index_version = index.version
+        raise
 
 
 def _summary(s: UserSummary) -> schemas.CustomerSummary:
@@ -92,7 +136,8 @@ def _neighbors(found: tuple[Neighbour, ...]) -> list[schemas.Neighbor]:
     tags=["similarity"],
 )
 async def predict(body: schemas.PredictRequest, index: IndexDep) -> schemas.PredictResponse:
-    found = await run_in_threadpool(index.similar_to_user, body.user_handle, body.k)
+    with _answering(index):
+        found = await run_in_threadpool(index.similar_to_user, body.user_handle, body.k)
     return schemas.PredictResponse(
         user_handle=body.user_handle, index_version=index.version, neighbors=_neighbors(found)
     )
@@ -122,7 +167,16 @@ def _batch(index: SimilarityIndex, handles: list[int], k: int) -> schemas.BatchR
 @router.post(
     "/predict/batch",
     response_model=schemas.BatchResponse,
-    responses={**INVALID, **TOO_LARGE, **UNSUPPORTED, **NOT_READY},
+    responses={
+        422: _problem_doc(
+            "Invalid body: the `errors` member names each wrong field; a batch over "
+            f"len(user_handles) x k = {schemas.MAX_BATCH_NEIGHBOURS:,} neighbours is refused "
+            'with loc ["body"].'
+        ),
+        **TOO_LARGE,
+        **UNSUPPORTED,
+        **NOT_READY,
+    },
     dependencies=JSON_BODY,
     summary="Neighbours for many customers at once; one bad handle never fails the batch",
     tags=["similarity"],
@@ -136,7 +190,8 @@ async def predict_batch(body: schemas.BatchRequest, index: IndexDep) -> schemas.
     response_model=schemas.ProfileResponse,
     responses={
         422: _problem_doc(
-            "Invalid body, or a profile with nothing the index knows (type /problems/empty-profile)."
+            "Invalid body, or a profile with nothing the index knows (type /problems/empty-profile, "
+            "with `ignored` and `index_version`)."
         ),
         **TOO_LARGE,
         **UNSUPPORTED,
@@ -153,7 +208,8 @@ async def predict_profile(body: schemas.ProfileRequest, index: IndexDep) -> sche
         interests=body.interests,
         assessments=body.assessments,
     )
-    result = await run_in_threadpool(index.similar_to_profile, profile, body.k)
+    with _answering(index):
+        result = await run_in_threadpool(index.similar_to_profile, profile, body.k)
     return schemas.ProfileResponse(
         index_version=index.version, neighbors=_neighbors(result.neighbours), ignored=result.ignored
     )
@@ -162,14 +218,26 @@ async def predict_profile(body: schemas.ProfileRequest, index: IndexDep) -> sche
 @router.get(
     "/users/{user_handle}",
     response_model=schemas.UserResponse,
-    responses={404: _problem_doc("Unknown customer."), **INVALID, **NOT_READY},
+    responses={
+        404: _problem_doc("Unknown customer: carries `user_handle` and `index_version`."),
+        422: _problem_doc(
+            "Invalid customer id (digits only, 1..2**63-1): `errors` says why, at "
+            '["path", "user_handle"].'
+        ),
+        **NOT_READY,
+    },
     summary="A customer's own summary as the index knows it",
     tags=["similarity"],
 )
 async def get_user(
-    user_handle: Annotated[int, Path(ge=1, le=schemas.MAX_HANDLE)], index: IndexDep
+    user_handle: Annotated[
+        schemas.UserHandleInPath,
+        Path(description="Customer id, digits only (the same rule as `user_handle` in a body)."),
+    ],
+    index: IndexDep,
 ) -> schemas.UserResponse:
-    summary = index.summary(user_handle)
+    with _answering(index):
+        summary = index.summary(user_handle)
     return schemas.UserResponse(
         user_handle=user_handle,
         index_version=index.version,
@@ -248,6 +316,7 @@ async def metrics(state: StateDep) -> PlainTextResponse:
         409: _problem_doc(
             "The published artifact failed to load; the previous index keeps serving."
         ),
+        **INVALID,
     },
     tags=["operations"],
     summary="Load the newest published artifact without downtime (bearer token)",

@@ -2,40 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_K = 100
 DEFAULT_K = 10
 MAX_BATCH = 1000
+MAX_BATCH_NEIGHBOURS = 10_000
 MAX_PROFILE_ITEMS = 1000
 MAX_HANDLE = 2**63 - 1
 MAX_SECONDS = 1e9
 MAX_LABEL = 200
 
+#: A customer id as a string: ASCII digits, 1..MAX_HANDLE, JSON whitespace around them ignored.
+HANDLE_PATTERN = r"^[ \t\n\r]*0*[1-9][0-9]{0,18}[ \t\n\r]*$"
+_JSON_SPACE = " \t\n\r"
+# FastAPI writes schema bounds as floats: MAX_HANDLE (2**63 - 1) has no float, 2**63 has.
+_HANDLE_INTEGER = {"type": "integer", "minimum": 1, "exclusiveMaximum": MAX_HANDLE + 1}
+
 
 def _handle(value: Any) -> Any:
-    """Accept an integer or a string of digits (as in the original data); nothing else."""
+    """The one rule for a customer id, in a body and in a path: an integer, or a string of ASCII
+    digits (as in the original data). No sign, no decimal point or exponent, no float (2.0 is not
+    a customer id), no boolean. A digit string out of range is reported as the integer would be."""
     if isinstance(value, (bool, float)):
-        raise ValueError("user_handle must be an integer (or a string of digits)")
+        raise PydanticCustomError("handle_type", "Input should be an integer or a string of digits")
     if isinstance(value, str):
-        text = value.strip()
-        if not text.isascii() or not text.isdigit() or len(text) > 19:
-            raise ValueError("user_handle must be an integer (or a string of digits)")
-        return int(text)
+        text = value.strip(_JSON_SPACE)
+        if not (text.isascii() and text.isdigit()):
+            raise PydanticCustomError(
+                "handle_type", "Input should be an integer or a string of digits"
+            )
+        digits = text.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_HANDLE)):  # never convert a huge string
+            raise PydanticCustomError(
+                "less_than_equal", "Input should be less than or equal to {le}", {"le": MAX_HANDLE}
+            )
+        return int(digits)
     return value
 
 
 UserHandle = Annotated[
     int,
     BeforeValidator(_handle),
+    Field(ge=1, le=MAX_HANDLE),
+    WithJsonSchema(
+        {"anyOf": [dict(_HANDLE_INTEGER), {"type": "string", "pattern": HANDLE_PATTERN}]}
+    ),
     Field(
-        ge=1,
-        le=MAX_HANDLE,
-        description='Customer id, an integer >= 1; a numeric string like "1" is accepted too.',
+        description=f"Customer id: an integer 1..{MAX_HANDLE}, or the same number as a string of "
+        'digits like "1" (as in the original data). Not 2.0, "+1" or "1e3".',
         examples=[1],
     ),
+]
+#: The same rule in a path segment (always a string there), documented as the integer it names.
+UserHandleInPath = Annotated[
+    int, BeforeValidator(_handle), Field(ge=1, le=MAX_HANDLE), WithJsonSchema(dict(_HANDLE_INTEGER))
 ]
 K = Annotated[
     int,
@@ -68,6 +92,12 @@ class PredictRequest(_Request):
 
 
 class BatchRequest(_Request):
+    """Neighbours for many customers at once.
+
+    The cost is bounded: len(user_handles) x k must be at most 10,000 neighbours (1,000 customers
+    at the default k = 10, or 100 at k = 100); a larger batch is a 422 naming both fields: split it.
+    """
+
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
@@ -76,9 +106,21 @@ class BatchRequest(_Request):
     user_handles: list[UserHandle] = Field(
         min_length=1,
         max_length=MAX_BATCH,
-        description=f"1..{MAX_BATCH} customer ids; unknown ones are listed in `not_found`.",
+        description=f"1..{MAX_BATCH} customer ids; unknown ones are listed in `not_found`. "
+        f"len(user_handles) x k is at most {MAX_BATCH_NEIGHBOURS:,}.",
     )
     k: K = DEFAULT_K
+
+    @model_validator(mode="after")
+    def _bounded_cost(self) -> Self:
+        total = len(self.user_handles) * self.k
+        if total > MAX_BATCH_NEIGHBOURS:
+            raise PydanticCustomError(
+                "batch_too_large",
+                "user_handles x k = {total} is over the limit of {limit}; split the batch",
+                {"total": total, "limit": MAX_BATCH_NEIGHBOURS},
+            )
+        return self
 
 
 class ProfileRequest(_Request):
@@ -220,6 +262,15 @@ class Ready(_Response):
     index_version: str
 
 
+class ValidationIssue(BaseModel):
+    loc: list[str] = Field(
+        description='Where: ["body"] for the body as a whole, ["body", "<field>", ...] or '
+        '["path", "<parameter>"].'
+    )
+    msg: str
+    type: str = Field(description='Machine-readable kind, e.g. "json_invalid", "less_than_equal".')
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details (media type application/problem+json)."""
 
@@ -228,5 +279,20 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    user_handle: int | None = None
-    errors: list[dict[str, Any]] | None = None
+    user_handle: int | None = Field(
+        None, description="The customer asked about (unknown-user, no-comparable-activity)."
+    )
+    index_version: str | None = Field(
+        None,
+        description="The index that gave this answer (unknown-user, no-comparable-activity, "
+        "empty-profile), as in every successful response.",
+    )
+    ignored: dict[str, list[str]] | None = Field(
+        None, description="Labels of an empty profile the index does not know, by request field."
+    )
+    limit_bytes: int | None = Field(
+        None, description="The size limit that was exceeded (body-too-large, headers-too-large)."
+    )
+    errors: list[ValidationIssue] | None = Field(
+        None, description="Each invalid part of the request (invalid-request), at most 20."
+    )
