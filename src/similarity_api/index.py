@@ -36,6 +36,8 @@ SHARED = 5
 CANDIDATES_PER_K = 4
 #: Features of the query considered when explaining (its largest reconstructed weights).
 EXPLAIN_POOL = 256
+#: Keep a float64 copy of the SVD components per process up to this size (64 x 52k features: 27 MB).
+COMPONENTS64_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -231,38 +233,54 @@ class SimilarityIndex:
     def _explain(
         self, query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray
     ) -> list[tuple[tuple[Contribution, ...], float]]:
-        a = self.artifact
-        # float64 so a contribution does not depend on how many neighbours are explained at once
-        query = query.astype(np.float64)
-        neighbours = neighbours.astype(np.float64)
         columns, q_cols = self._explain_pool(query)
-        n_hat = neighbours @ np.asarray(a.components[:, columns], dtype=np.float64)  # (n, pool)
-        terms = n_hat * q_cols
+        # float64 so a contribution does not depend on how many neighbours are explained at once
+        terms = (neighbours.astype(np.float64) @ self._components_at(columns)) * q_cols
+        # Largest first; among equal terms the lower column (columns are ascending, sort stable).
+        best = np.argsort(-terms, axis=1, kind="stable")[:, :SHARED]
+        labels, kinds = self._labels
         results = []
-        for i in range(neighbours.shape[0]):
-            row = terms[i]
-            best = np.lexsort((columns, -row))[:SHARED]
+        for i in range(terms.shape[0]):
             shared = tuple(
-                Contribution(
-                    feature=self._label(int(columns[j])),
-                    kind=KIND[a.space.kind_of(int(columns[j]))],
-                    contribution=float(row[j]),
+                Contribution(feature=labels[column], kind=kinds[column], contribution=float(value))
+                for column, value in zip(
+                    columns[best[i]].tolist(), terms[i, best[i]].tolist(), strict=True
                 )
-                for j in best
-                if row[j] > 0
+                if value > 0
             )
             remainder = float(sims[i]) - sum(c.contribution for c in shared)
             results.append((shared, remainder))
         return results
 
     @cached_property
+    def _labels(self) -> tuple[list[str], list[str]]:
+        """Every feature's public label and kind, by column (built once per process)."""
+        space = self.artifact.space
+        labels: list[str] = [""] * space.n_features
+        kinds: list[str] = [""] * space.n_features
+        for block in space.blocks:
+            for column in range(block.start, block.stop):
+                labels[column] = f"{PREFIX[block.name]}:{space.names[column]}"
+                kinds[column] = KIND[block.name]
+        return labels, kinds
+
+    @cached_property
+    def _components64(self) -> np.ndarray | None:
+        """The components in float64 when that copy is small (the usual case), else None."""
+        components = self.artifact.components
+        if components.size * 8 > COMPONENTS64_MAX_BYTES:
+            return None
+        return np.asarray(components, dtype=np.float64)
+
+    @cached_property
     def _by_norm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Feature columns by decreasing length of their component column ``||Vt[:, j]||``, the
-        lengths, and the components in that order (float32, one copy per process)."""
+        lengths, and the components in that order, one contiguous float32 row per feature (a
+        copy per process, so a block of features is one contiguous slice)."""
         components = np.asarray(self.artifact.components)
         norms = np.linalg.norm(components.astype(np.float64), axis=0)
         order = np.argsort(-norms, kind="stable")
-        return order, norms[order], np.ascontiguousarray(components[:, order])
+        return order, norms[order], np.ascontiguousarray(components.T[order])
 
     def _explain_pool(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The EXPLAIN_POOL features with the largest ``|q_hat[j]| = |query . Vt[:, j]|`` (ascending
@@ -270,31 +288,34 @@ class SimilarityIndex:
 
         ``|q_hat[j]| <= ||query|| ||Vt[:, j]||``, so the features are scanned by decreasing column
         length in growing blocks, and the scan stops once no unseen feature can enter the pool:
-        the same pool as a full ``query @ Vt``, usually from a small share of the columns.
+        the same pool as a full ``query @ Vt`` (in float32), usually from a small share of the
+        columns. The pool's values are then recomputed in float64.
         """
         order, norms, ordered = self._by_norm
         n = order.shape[0]
         pool = min(EXPLAIN_POOL, n)
-        bound = float(np.linalg.norm(query)) * (1 + 1e-9)
-        parts: list[np.ndarray] = []
+        q32 = np.asarray(query, dtype=np.float32)
+        bound = float(np.linalg.norm(q32)) * (1 + 1e-6)
+        seen = np.empty(n, dtype=np.float32)
         start, block = 0, 4 * EXPLAIN_POOL
         while start < n:
             stop = min(n, start + block)
-            parts.append(query @ np.asarray(ordered[:, start:stop], dtype=np.float64))
+            np.matmul(ordered[start:stop], q32, out=seen[start:stop])
             start, block = stop, block * 2
             if start < n and start >= pool:
-                seen = np.abs(np.concatenate(parts)) if len(parts) > 1 else np.abs(parts[0])
-                if np.partition(seen, start - pool)[start - pool] > bound * norms[start]:
+                # the pool-th largest |q_hat| so far beats anything the unseen columns can reach
+                kth = np.partition(np.abs(seen[:start]), start - pool)[start - pool]
+                if kth > bound * norms[start]:
                     break
-        q_seen = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        best = np.argpartition(-np.abs(q_seen), pool - 1)[:pool]
-        columns = order[best]
-        ascending = np.argsort(columns)
-        return columns[ascending], q_seen[best][ascending]
+        best = np.argpartition(-np.abs(seen[:start]), pool - 1)[:pool]
+        columns = np.sort(order[best])
+        return columns, np.asarray(query, dtype=np.float64) @ self._components_at(columns)
 
-    def _label(self, column: int) -> str:
-        space = self.artifact.space
-        return f"{PREFIX[space.kind_of(column)]}:{space.names[column]}"
+    def _components_at(self, columns: np.ndarray) -> np.ndarray:
+        """``Vt[:, columns]`` in float64 (dim x len(columns))."""
+        if self._components64 is not None:
+            return self._components64[:, columns]
+        return np.asarray(self.artifact.components[:, columns], dtype=np.float64)
 
     # --- verification ----------------------------------------------------------------------------
 
