@@ -19,7 +19,7 @@ from similarity_api.build.ingest import read_tables
 from similarity_api.build.pipeline import BuildResult, build, exact_top_k
 from similarity_api.errors import ArtifactError, BuildError
 from similarity_api.index import SimilarityIndex
-from similarity_api.settings import BlockWeights
+from similarity_api.settings import BlockWeights, BuildSettings
 from tests.conftest import build_settings, write_dataset
 
 THREE = {
@@ -173,7 +173,9 @@ def test_manifest_records_what_the_issue_asks(real_build: BuildResult) -> None:
     assert m.inputs["course_tags.csv"]["rejected"]["empty_tag"] == 112
     assert set(m.timings) >= {"ingest", "features", "embeddings", "index", "quality", "total"}
     assert m.quality["recall_at_10_annoy"] >= 0.95
-    assert m.search_k == m.n_trees * m.candidates * 4
+    # search_k was tuned from n_trees * candidates * 4; on 10,000 customers the start is enough
+    assert [s.search_k for s in m.search_k_tuning] == [m.n_trees * m.candidates * 4]
+    assert m.search_k == m.search_k_tuning[-1].search_k
     assert m.threads["annoy_build_jobs"] == 1
     assert set(m.libraries) >= {"numpy", "scipy", "polars", "annoy", "python"}
     assert set(m.files) == set(artifact.FILES.values())
@@ -300,3 +302,90 @@ def test_cli_builds_and_prints_stage_lines(tmp_path: Path) -> None:
     assert stages[:4] == ["ingest"] * 4
     assert {"features", "embeddings", "index", "published"} <= set(stages)
     assert artifact.current_version(tmp_path / "art") is not None
+
+
+def test_help_states_each_default_the_build_uses() -> None:
+    from similarity_api.build.cli import parser
+
+    text = " ".join(parser().format_help().split())
+    assert "(default: None)" not in text
+    defaults = BuildSettings.model_fields
+    for option, name in (
+        ("--dim DIM", "dim"),
+        ("--n-trees N_TREES", "n_trees"),
+        ("--candidates CANDIDATES", "candidates"),
+        ("--seed SEED", "seed"),
+    ):
+        assert f"{option} " in text
+        segment = text.split(f"{option} ", 1)[1].split(" --", 1)[0]
+        assert segment.endswith(f"[{defaults[name].default}]"), segment
+    weight = BlockWeights.model_fields["tag"].default
+    assert f"weight of the view time per course tag block [{weight}]" in text
+
+
+def test_search_k_is_tuned_until_recall_reaches_the_target(
+    real_data_dir: Path, tmp_path: Path
+) -> None:
+    """Too small a start: the build raises search_k (x sqrt(2) a step) until Annoy's own recall@10 on its sample
+    reaches the target, records every step, and serves with the last. Each recorded recall is
+    recomputed here from the stored embeddings (exact top 10) and the published index."""
+    settings = build_settings(
+        real_data_dir,
+        tmp_path / "art",
+        n_trees=2,
+        candidates=10,
+        target_recall=0.8,
+        recall_sample=200,
+    )
+    result = build(settings)
+    m = result.manifest
+    steps = m.search_k_tuning
+    assert [s.search_k for s in steps] == [round(80 * 2 ** (i / 2)) for i in range(len(steps))]
+    assert len(steps) >= 2
+    assert all(s.recall_at_10_annoy < 0.8 for s in steps[:-1])
+    assert steps[-1].recall_at_10_annoy >= 0.8
+    assert m.search_k == steps[-1].search_k
+    assert m.quality["recall_at_10_annoy"] == steps[-1].recall_at_10_annoy
+    assert m.parameters["search_k_requested"] == 0
+
+    loaded = artifact.load(result.path)
+    vectors = np.asarray(loaded.embeddings)
+    n_items = vectors.shape[0]
+    items = np.sort(np.random.default_rng(settings.seed).choice(n_items, 200, replace=False))
+    # exact_top_k equals a full sort (test_exact_top_k_matches_argsort); on this data near-ties
+    # make a second float32 product order the 10th and 11th neighbour differently.
+    truth = [set(row.tolist()) for row in exact_top_k(vectors, items, 10)]
+    for step in steps:
+        hits = 0
+        for item, want in zip(items.tolist(), truth, strict=True):
+            got = loaded.index.get_nns_by_item(item, 11, search_k=step.search_k)
+            hits += len(want.intersection([i for i in got if i != item][:10]))
+        assert hits / (10 * len(items)) == pytest.approx(step.recall_at_10_annoy, abs=1e-4)
+    loaded.index.unload()
+
+
+def test_an_explicit_search_k_is_used_as_given(real_data_dir: Path, tmp_path: Path) -> None:
+    settings = build_settings(
+        real_data_dir, tmp_path / "art", n_trees=2, candidates=10, search_k=80, recall_sample=200
+    )
+    m = build(settings).manifest
+    assert m.search_k == 80
+    assert [s.search_k for s in m.search_k_tuning] == [80]
+    assert m.quality["recall_at_10_annoy"] < settings.target_recall  # warned, not changed
+
+
+def test_exact_top_k_matches_argsort() -> None:
+    """The chunked brute force equals a plain full sort, across chunk boundaries, ties included
+    (exact copies of a vector tie: the lower item comes first)."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((70_000, 8)).astype(np.float32)
+    vectors[[69_999, 65_537, 12]] = vectors[5]  # copies on both sides of the 65,536 chunk edge
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = np.array([5, 12, 100, 65_536, 69_999])
+    got = exact_top_k(vectors, items, 10)
+    for row, item in enumerate(items):
+        sims = vectors.astype(np.float64) @ vectors[item].astype(np.float64)
+        sims[item] = -np.inf
+        want = np.lexsort((np.arange(len(sims)), -sims))[:10]
+        assert got[row].tolist() == want.tolist()
+    assert got[0][:3].tolist() == [12, 65_537, 69_999]

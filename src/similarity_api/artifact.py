@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +40,7 @@ from typing import Any, Final
 import numpy as np
 from annoy import AnnoyIndex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm import tqdm
 
 from similarity_api.errors import ArtifactError
 from similarity_api.space import Block, FeatureSpace
@@ -89,6 +91,15 @@ class SelfTest(BaseModel):
     similarities: list[float]
 
 
+class RecallStep(BaseModel):
+    """recall@10 against exact cosine measured at one search_k while the build chose it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    search_k: int
+    recall_at_10_annoy: float
+    recall_at_10_served: float
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -112,6 +123,9 @@ class Manifest(BaseModel):
     counts: dict[str, int]
     timings: dict[str, float]
     quality: dict[str, float]
+    search_k_tuning: list[RecallStep] = Field(
+        default_factory=list, description="recall at each search_k tried, the chosen one last"
+    )
     self_test: SelfTest
     files: dict[str, FileEntry]
 
@@ -169,14 +183,45 @@ class ArtifactWriter:
         }
         self.path("features").write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
 
-    def build_index(self, vectors: np.ndarray, n_trees: int, seed: int, n_jobs: int) -> AnnoyIndex:
-        """Build the Annoy index straight to disk and return it loaded (memory-mapped)."""
+    def build_index(
+        self, vectors: np.ndarray, n_trees: int, seed: int, n_jobs: int, progress: bool = False
+    ) -> AnnoyIndex:
+        """Build the Annoy index straight to disk and return it loaded (memory-mapped).
+
+        With ``progress``, a bar counts the items added, then a ticker shows the seconds spent in
+        Annoy's tree build (one C++ call that reports nothing, and the longest step at scale)."""
         index = AnnoyIndex(int(vectors.shape[1]), METRIC)
         index.set_seed(seed)
         index.on_disk_build(str(self.path("index")))
-        for item, vector in enumerate(vectors):
+        for item, vector in enumerate(
+            tqdm(vectors, desc="index: add items", unit=" items", disable=not progress, leave=False)
+        ):
             index.add_item(item, vector)
-        index.build(n_trees, n_jobs=n_jobs)
+        if not progress:
+            index.build(n_trees, n_jobs=n_jobs)
+            return index
+        # Annoy releases the GIL while it builds: a thread runs it, this one ticks.
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                index.build(n_trees, n_jobs=n_jobs)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=run, name="annoy-build", daemon=True)
+        worker.start()
+        with tqdm(
+            desc=f"index: build {n_trees} trees", bar_format="{desc}: {elapsed}", leave=False
+        ) as bar:
+            while not done.wait(0.5):
+                bar.refresh()
+        worker.join()
+        if failure:
+            raise failure[0]
         return index
 
     def file_entries(self) -> dict[str, FileEntry]:
@@ -353,7 +398,9 @@ def _array(path: Path, key: str, dtype: str, shape: tuple[int | None, ...]) -> n
         want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
     ):
         raise _fail(path, f"{name} has shape {array.shape}, expected {shape}")
-    return array
+    # A plain ndarray over the same read-only mapping: np.memmap's Python-level __getitem__ costs
+    # microseconds per lookup, a lot on a request path that indexes these arrays ~150 times.
+    return np.asarray(array)
 
 
 def _space(path: Path, idf: np.ndarray) -> FeatureSpace:

@@ -54,9 +54,9 @@ from scipy.sparse.linalg import LinearOperator, svds
 
 from similarity_api import artifact as fmt
 from similarity_api.build.embeddings import embed
-from similarity_api.build.features import _long_blocks, build_features
+from similarity_api.build.features import build_features
 from similarity_api.build.ingest import Tables, read_tables
-from similarity_api.build.pipeline import exact_top_k
+from similarity_api.build.pipeline import exact_top_k, tune_search_k
 from similarity_api.errors import SimilarityError
 from similarity_api.index import rank_candidates
 from similarity_api.settings import BlockWeights, BuildSettings
@@ -431,6 +431,37 @@ class Variant:
     dim: int | None = None
 
 
+def _long_blocks(tables: Tables) -> dict[str, pl.DataFrame]:
+    """Raw (user_handle, label, value) triples per block, one row per (customer, feature).
+
+    Written with polars joins and group-bys, independently of ``build.features`` (integer codes and
+    sorts): ``variant_matrix`` of the default variant must reproduce the shipped matrix exactly,
+    which checks both."""
+    views = tables.views
+    per_course = views.group_by("user_handle", "course_id").agg(
+        pl.col("view_time_seconds").sum().alias("value")
+    )
+    per_tag = (
+        per_course.join(tables.course_tags, on="course_id", how="inner")
+        .group_by("user_handle", "tag")
+        .agg(pl.col("value").sum())
+    )
+    interests = (
+        tables.interests.select("user_handle", "tag")
+        .unique()
+        .with_columns(pl.lit(1.0).alias("value"))
+    )
+    assessments = tables.assessments.group_by("user_handle", "tag").agg(
+        (pl.col("score").max().cast(pl.Float64) / 300.0).alias("value")
+    )
+    return {
+        "course": per_course.rename({"course_id": "label"}),
+        "tag": per_tag.rename({"tag": "label"}),
+        "interest": interests.rename({"tag": "label"}),
+        "assessment": assessments.rename({"tag": "label"}),
+    }
+
+
 def variant_matrix(
     tables: Tables, users: np.ndarray, variant: Variant
 ) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -534,10 +565,22 @@ def served_recall(
     )
     exact = exact_top_k(vectors, items, k)
     item_user = np.arange(n_items, dtype=np.int64)
-    search_k = settings.effective_search_k()
     hits = raw_hits = 0
     with tempfile.TemporaryDirectory() as tmp, fmt.ArtifactWriter(Path(tmp)) as writer:
         index = writer.build_index(vectors, settings.n_trees, settings.seed, n_jobs=1)
+        # The search_k the build would serve with: tuned on its own seeded sample, as in build().
+        search_k = tune_search_k(
+            index,
+            vectors,
+            item_user,
+            sample=settings.recall_sample,
+            candidates=settings.candidates,
+            start=settings.base_search_k(),
+            tune=settings.search_k == 0,
+            target=settings.target_recall,
+            seed=settings.seed,
+            progress=False,
+        ).search_k
         for row, item in enumerate(items):
             truth = set(exact[row].tolist())
             cands = np.asarray(

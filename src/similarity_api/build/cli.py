@@ -148,7 +148,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search-k",
         type=int,
-        help=f"Annoy search_k per query; 0 = n_trees * candidates * 4 [{_default('search_k')}]",
+        help="Annoy search_k per query; 0 = tuned: from n_trees * candidates * 4, raised in sqrt(2) "
+        "steps until "
+        f"recall@10 reaches --target-recall [{_default('search_k')}]",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        help="recall@10 of Annoy against exact search that the tuned search_k must reach "
+        f"[{_default('target_recall')}]",
     )
     p.add_argument(
         "--candidates",
@@ -209,6 +217,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
             "seed",
             "keep_versions",
             "recall_sample",
+            "target_recall",
             "progress",
         )
         if getattr(args, key) is not None

@@ -19,14 +19,16 @@ courses and tags say more about who a customer is like than the usual IDF credit
 generated data; see benchmarks/quality.md). The same transform, for one row, is
 ``similarity_api.space.transform_profile``: a described behaviour is folded in with it.
 
-Nothing here is ever dense: the matrix is built from long (row, column, value) frames.
+Nothing here is ever dense, and nothing past the first step handles text: customers become row
+numbers and labels become column numbers (polars Enum codes over the sorted vocabulary), and every
+aggregation is a stable sort of one integer key per (row, column) followed by a sum over each run,
+so sums are taken in input order and the result is the same on any machine.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,10 @@ from similarity_api.space import BLOCKS, LOG_BLOCKS, Block, FeatureSpace
 logger = logging.getLogger(__name__)
 
 TOP_TAGS = 5
+MAX_SCORE = 300.0
+#: Customer handles are looked up in a direct table (handle -> row) when the largest handle is at
+#: most this many times the number of customers; else by binary search.
+_DIRECT_LOOKUP_SPREAD = 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,16 @@ class FeatureMatrix:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LongBlock:
+    """One block's raw values: one entry per (customer row, block column), sorted by both."""
+
+    labels: list[str]  # the block's vocabulary, sorted; column c is labels[c]
+    rows: np.ndarray  # int64
+    cols: np.ndarray  # int64, within the block
+    values: np.ndarray  # float64, before any transform
+
+
 def _row_norms(rows: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
     """L2 norm of each row's values (0 for a row with none)."""
     return np.sqrt(np.bincount(rows, weights=values * values, minlength=n_rows))
@@ -72,61 +88,137 @@ def _idf(df: np.ndarray, n: int) -> np.ndarray:
     return (smooth**2).astype(np.float32)
 
 
-def _long_blocks(tables: Tables) -> dict[str, pl.DataFrame]:
-    """Raw (user_handle, label, value) triples per block, one row per (customer, feature)."""
-    views = tables.views
-    per_course = views.group_by("user_handle", "course_id").agg(
-        pl.col("view_time_seconds").sum().alias("value")
-    )
-    per_tag = (
-        per_course.join(tables.course_tags, on="course_id", how="inner")
-        .group_by("user_handle", "tag")
-        .agg(pl.col("value").sum())
-    )
-    interests = (
-        tables.interests.select("user_handle", "tag")
+def _codes(values: pl.Series, labels: list[str]) -> np.ndarray:
+    """The position of each value in the sorted, unique ``labels`` (each value must be one)."""
+    return values.cast(pl.Enum(labels)).to_physical().to_numpy().astype(np.int64)
+
+
+def _rows_of(users: np.ndarray, handles: np.ndarray) -> np.ndarray:
+    """The row of each handle in the sorted ``users`` (each handle must be one)."""
+    if users.size and users[0] >= 0 and users[-1] < _DIRECT_LOOKUP_SPREAD * users.size + 1024:
+        table = np.full(int(users[-1]) + 1, -1, dtype=np.int64)
+        table[users] = np.arange(users.size, dtype=np.int64)
+        rows: np.ndarray = table[handles]
+        return rows
+    return np.searchsorted(users, handles).astype(np.int64)
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stable order of ``keys``, the distinct keys ascending, where each run starts in order)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return order, ordered[starts], starts
+
+
+def _sum_by(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum ``values`` per (row, col), in input order: (rows, cols, sums) sorted by row then col."""
+    if rows.size == 0:
+        return rows, cols, values.astype(np.float64)
+    order, keys, starts = _runs(rows * n_cols + cols)
+    sums = np.add.reduceat(values.astype(np.float64)[order], starts)
+    return keys // n_cols, keys % n_cols, sums
+
+
+def _max_by(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The largest value per (row, col): (rows, cols, maxima) sorted by row then col."""
+    if rows.size == 0:
+        return rows, cols, values.astype(np.float64)
+    order, keys, starts = _runs(rows * n_cols + cols)
+    best = np.maximum.reduceat(values.astype(np.float64)[order], starts)
+    return keys // n_cols, keys % n_cols, best
+
+
+def _distinct(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (row, col) pairs, sorted by row then col."""
+    if rows.size == 0:
+        return rows, cols
+    _, keys, _ = _runs(rows * n_cols + cols)
+    return keys // n_cols, keys % n_cols
+
+
+def _expand(
+    indptr: np.ndarray, targets: np.ndarray, sources: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each entry with source s: one copy per target of s (CSR ``indptr``/``targets``).
+    Returns (the entry each copy comes from, the copy's target)."""
+    counts = indptr[sources + 1] - indptr[sources]
+    entry = np.repeat(np.arange(sources.size, dtype=np.int64), counts)
+    first = np.repeat(indptr[sources] - (np.cumsum(counts) - counts), counts)
+    return entry, targets[first + np.arange(entry.size, dtype=np.int64)]
+
+
+def users_of(tables: Tables) -> np.ndarray:
+    """Every customer with at least one accepted row in any file: int64, ascending."""
+    return (
+        pl.concat(
+            [
+                tables.views.get_column("user_handle"),
+                tables.interests.get_column("user_handle"),
+                tables.assessments.get_column("user_handle"),
+            ]
+        )
         .unique()
-        .with_columns(pl.lit(1.0).alias("value"))
+        .sort()
+        .to_numpy()
+        .astype(np.int64)
     )
-    assessments = tables.assessments.group_by("user_handle", "tag").agg(
-        (pl.col("score").max().cast(pl.Float64) / 300.0).alias("value")
-    )
-    return {
-        "course": per_course.rename({"course_id": "label"}),
-        "tag": per_tag.rename({"tag": "label"}),
-        "interest": interests.rename({"tag": "label"}),
-        "assessment": assessments.rename({"tag": "label"}),
-    }
 
 
-def _vocabulary(tables: Tables, raw: Mapping[str, pl.DataFrame]) -> dict[str, list[str]]:
-    """Sorted labels per block. Courses and tags come from the catalogue, so every known course and
-    tag has a column even if nobody viewed it (a profile may name it)."""
-    return {
-        "course": tables.courses.get_column("course_id").sort().to_list(),
-        "tag": tables.course_tags.get_column("tag").unique().sort().to_list(),
-        "interest": raw["interest"].get_column("label").unique().sort().to_list(),
-        "assessment": raw["assessment"].get_column("label").unique().sort().to_list(),
-    }
+def long_blocks(tables: Tables, users: np.ndarray) -> dict[str, LongBlock]:
+    """Raw (row, column, value) entries per block, rows of ``users``, one per (customer, feature).
+
+    Courses and tags come from the catalogue, so every known course and tag has a column even if
+    nobody viewed it (a profile may name it); interests and assessments have the tags seen.
+    """
+    courses = tables.courses.get_column("course_id").to_list()  # sorted, unique
+    tags = tables.course_tags.get_column("tag").unique().sort().to_list()
+
+    views = tables.views
+    rows, cols, seconds = _sum_by(
+        _rows_of(users, views.get_column("user_handle").to_numpy()),
+        _codes(views.get_column("course_id"), courses),
+        views.get_column("view_time_seconds").to_numpy(),
+        len(courses),
+    )
+    course = LongBlock(labels=courses, rows=rows, cols=cols, values=seconds)
+
+    # course -> its tags, as CSR over course codes (course_tags is sorted by course, then tag)
+    tag_course = _codes(tables.course_tags.get_column("course_id"), courses)
+    tag_code = _codes(tables.course_tags.get_column("tag"), tags)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(tag_course, minlength=len(courses)))))
+    entry, tag_cols = _expand(indptr, tag_code, course.cols)
+    tag = LongBlock(tags, *_sum_by(course.rows[entry], tag_cols, course.values[entry], len(tags)))
+
+    labels = tables.interests.get_column("tag").unique().sort().to_list()
+    rows, cols = _distinct(
+        _rows_of(users, tables.interests.get_column("user_handle").to_numpy()),
+        _codes(tables.interests.get_column("tag"), labels),
+        len(labels),
+    )
+    interest = LongBlock(labels=labels, rows=rows, cols=cols, values=np.ones(rows.size))
+
+    labels = tables.assessments.get_column("tag").unique().sort().to_list()
+    rows, cols, best = _max_by(
+        _rows_of(users, tables.assessments.get_column("user_handle").to_numpy()),
+        _codes(tables.assessments.get_column("tag"), labels),
+        tables.assessments.get_column("score").to_numpy(),
+        len(labels),
+    )
+    assessment = LongBlock(labels=labels, rows=rows, cols=cols, values=best / MAX_SCORE)
+    return {"course": course, "tag": tag, "interest": interest, "assessment": assessment}
 
 
 def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
     """Aggregate validated tables into the customer x feature matrix and the summaries."""
     started = time.perf_counter()
-    users = (
-        pl.concat(
-            [
-                tables.views.select("user_handle"),
-                tables.interests.select("user_handle"),
-                tables.assessments.select("user_handle"),
-            ]
-        )
-        .unique()
-        .sort("user_handle")
-        .with_row_index("row")
-    )
-    raw = _long_blocks(tables)
-    vocab = _vocabulary(tables, raw)
+    users = users_of(tables)
+    n_users = users.size
+    raw = long_blocks(tables, users)
 
     names: list[str] = []
     blocks: list[Block] = []
@@ -134,50 +226,32 @@ def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
     row_parts: list[np.ndarray] = []
     col_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
-    n_users = users.height
     for name in BLOCKS:
-        labels = vocab[name]
+        long = raw[name]
         start = len(names)
         block = Block(
             name=name,
             start=start,
-            stop=start + len(labels),
+            stop=start + len(long.labels),
             weight=float(getattr(weights, name)),
             log=name in LOG_BLOCKS,
         )
         blocks.append(block)
-        names.extend(labels)
-        columns = pl.DataFrame(
-            {"label": labels, "col": np.arange(start, start + len(labels), dtype=np.int64)},
-            schema={"label": pl.String, "col": pl.Int64},
-        )
-        frame = (
-            raw[name]
-            .join(columns, on="label", how="inner")
-            .join(users, on="user_handle", how="inner")
-            .select(pl.col("row").cast(pl.Int64), "col", pl.col("value").cast(pl.Float64))
-        )
-        # Per-row sums with np.bincount: a window (``.over("row")``) over tens of millions of
-        # values costs a hash group-by each time; the row numbers are already dense indices.
-        rows = frame.get_column("row").to_numpy()
-        cols = frame.get_column("col").to_numpy()
-        values = frame.get_column("value").to_numpy()
-        del frame
-        if block.log:
-            values = np.log1p(values)
+        names.extend(long.labels)
+        values = np.log1p(long.values) if block.log else long.values
         keep = values > 0
-        rows, cols, values = rows[keep], cols[keep], values[keep]
-        df = np.bincount(cols - start, minlength=len(labels)).astype(np.float64)
+        rows, cols, values = long.rows[keep], long.cols[keep], values[keep]
+        df = np.bincount(cols, minlength=len(long.labels)).astype(np.float64)
         n_block_users = int(np.count_nonzero(np.bincount(rows, minlength=n_users)))
         idf = _idf(df, n_block_users)
         idf_parts.append(idf)
-        values = values * idf.astype(np.float64)[cols - start]
+        values = values * idf.astype(np.float64)[cols]
         values = values / _row_norms(rows, values, n_users)[rows] * block.weight
         keep = values > 0
         row_parts.append(rows[keep])
-        col_parts.append(cols[keep])
+        col_parts.append(cols[keep] + start)
         value_parts.append(values[keep])
-        logger.debug("block %s: %d columns, %d values", name, len(labels), int(keep.sum()))
+        logger.debug("block %s: %d columns, %d values", name, len(long.labels), int(keep.sum()))
 
     rows = np.concatenate(row_parts)
     cols = np.concatenate(col_parts)
@@ -190,11 +264,12 @@ def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
         shape=(n_users, len(names)),
         dtype=np.float32,
     )
+    del rows, cols, values
     matrix.sort_indices()
     space = FeatureSpace(
         names=tuple(names), blocks=tuple(blocks), idf=np.concatenate(idf_parts).astype(np.float32)
     )
-    summaries = _summaries(tables, users, raw, space)
+    summaries = _summaries(raw, n_users, space.block("tag").start)
     seconds = round(time.perf_counter() - started, 3)
     logger.info(
         "features %s customers x %s features, %s non-zeros (%.1f s)",
@@ -204,50 +279,27 @@ def build_features(tables: Tables, weights: BlockWeights) -> FeatureMatrix:
         seconds,
     )
     return FeatureMatrix(
-        users=users.get_column("user_handle").to_numpy().astype(np.int64),
-        matrix=matrix,
-        space=space,
-        summaries=summaries,
-        seconds=seconds,
+        users=users, matrix=matrix, space=space, summaries=summaries, seconds=seconds
     )
 
 
-def _per_user(users: pl.DataFrame, frame: pl.DataFrame, expr: pl.Expr, dtype: type) -> np.ndarray:
-    joined = users.join(
-        frame.group_by("user_handle").agg(expr.alias("x")), on="user_handle", how="left"
-    )
-    return joined.sort("row").get_column("x").fill_null(0).to_numpy().astype(dtype)
-
-
-def _summaries(
-    tables: Tables, users: pl.DataFrame, raw: Mapping[str, pl.DataFrame], space: FeatureSpace
-) -> Summaries:
-    tag_block = space.block("tag")
-    tag_cols = pl.DataFrame(
-        {
-            "label": list(space.names[tag_block.start : tag_block.stop]),
-            "tag_index": np.arange(tag_block.start, tag_block.stop, dtype=np.int32),
-        }
-    )
-    ranked = (
-        raw["tag"]
-        .filter(pl.col("value") > 0)
-        .join(tag_cols, on="label", how="inner")
-        # tag_index follows the sorted labels, so ties break by label, on integers
-        .sort(["user_handle", "value", "tag_index"], descending=[False, True, False])
-        .group_by("user_handle", maintain_order=True)
-        .head(TOP_TAGS)
-        .join(users, on="user_handle", how="inner")
-        .with_columns(pl.int_range(pl.len()).over("row").alias("rank"))
-    )
-    top = np.full((users.height, TOP_TAGS), -1, dtype=np.int32)
-    top[ranked.get_column("row").to_numpy(), ranked.get_column("rank").to_numpy()] = (
-        ranked.get_column("tag_index").to_numpy()
-    )
+def _summaries(raw: dict[str, LongBlock], n_users: int, tag_start: int) -> Summaries:
+    course, tag = raw["course"], raw["tag"]
+    # Top tags by view seconds, ties by tag (label order): rows ascending, seconds descending; the
+    # entries are sorted by (row, tag) already, so a stable sort on seconds keeps tags in order.
+    viewed = tag.values > 0
+    rows, cols, seconds = tag.rows[viewed], tag.cols[viewed], tag.values[viewed]
+    order = np.lexsort((-seconds, rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    rank = np.arange(rows.size) - np.repeat(starts, np.diff(np.append(starts, rows.size)))
+    top = np.full((n_users, TOP_TAGS), -1, dtype=np.int32)
+    head = rank < TOP_TAGS
+    top[rows[head], rank[head]] = (cols[head] + tag_start).astype(np.int32)
     return Summaries(
-        courses_viewed=_per_user(users, raw["course"], pl.len(), np.int32),
-        view_time_seconds=_per_user(users, raw["course"], pl.col("value").sum(), np.float64),
-        interests=_per_user(users, raw["interest"], pl.len(), np.int32),
-        assessments=_per_user(users, raw["assessment"], pl.len(), np.int32),
+        courses_viewed=np.bincount(course.rows, minlength=n_users).astype(np.int32),
+        view_time_seconds=np.bincount(course.rows, weights=course.values, minlength=n_users),
+        interests=np.bincount(raw["interest"].rows, minlength=n_users).astype(np.int32),
+        assessments=np.bincount(raw["assessment"].rows, minlength=n_users).astype(np.int32),
         top_tags=top,
     )

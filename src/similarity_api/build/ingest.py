@@ -90,13 +90,22 @@ class FileReport:
 class Tables:
     """Validated, typed input tables plus everything that was rejected."""
 
-    views: pl.DataFrame  # user_handle i64, view_date date, course_id str, view_time_seconds f64
-    course_tags: pl.DataFrame  # course_id str, tag str (non-empty, unique pairs)
-    courses: pl.DataFrame  # course_id str: every known course, tagged or not, sorted
-    interests: pl.DataFrame  # user_handle i64, tag str, date_followed datetime
+    views: pl.DataFrame  # user_handle i64, view_date date, course_id, view_time_seconds f64
+    course_tags: pl.DataFrame  # course_id, tag str (non-empty, unique pairs), sorted
+    courses: pl.DataFrame  # course_id: every known course, tagged or not, sorted
+    interests: pl.DataFrame  # user_handle i64, tag, date_followed datetime
+    # ``course_id`` is ``course_type`` in all three, and the interests' ``tag`` an Enum of the tags
+    # followed: 2 or 4 bytes a row instead of the text (gigabytes at a million customers).
     assessments: pl.DataFrame  # user_handle i64, tag str, date datetime, score i64
     rejects: pl.DataFrame  # REJECT_SCHEMA, sorted by file then line
     files: tuple[FileReport, ...]
+
+    @property
+    def course_type(self) -> pl.Enum:
+        """The Enum of every known course id, in sorted order."""
+        dtype = self.courses.schema["course_id"]
+        assert isinstance(dtype, pl.Enum)
+        return dtype
 
 
 @dataclass(frozen=True)
@@ -372,9 +381,10 @@ def _read_course_tags(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
         .collect()
     )
     courses = pl.concat([accepted.select("course_id"), untagged]).unique().sort("course_id")
+    course_type = pl.Enum(courses.get_column("course_id"))
     return (
-        accepted.sort("course_id", "tag"),
-        courses,
+        accepted.sort("course_id", "tag").with_columns(pl.col("course_id").cast(course_type)),
+        courses.with_columns(pl.col("course_id").cast(course_type)),
         rejects,
         _report(path, started, accepted, rejects),
     )
@@ -385,7 +395,8 @@ def _read_views(path: Path, courses: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
     lf = _scan(path, REQUIRED_COLUMNS[VIEWS])
     seconds = _text("view_time_seconds").cast(pl.Float64, strict=False)
     date = _text("view_date").str.strptime(pl.Date, DATE_FORMAT, strict=False)
-    known = _text("course_id").is_in(courses.get_column("course_id").implode())
+    course = _text("course_id").cast(courses.schema["course_id"], strict=False)
+    known = course.is_not_null()
     rules = [
         _extra_rule(),
         _utf8_rule(["user_handle", "view_date", "course_id", "view_time_seconds"]),
@@ -400,7 +411,7 @@ def _read_views(path: Path, courses: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
     parsed = {
         "user_handle": _handle(),
         "view_date": date,
-        "course_id": _text("course_id"),
+        "course_id": course,
         "view_time_seconds": seconds,
     }
     accepted, rejects = _validate(lf, rules, parsed, dedupe_on=list(parsed))
@@ -424,6 +435,8 @@ def _read_interests(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, FileReport]
         "date_followed": date,
     }
     accepted, rejects = _validate(lf, rules, parsed, dedupe_on=list(parsed))
+    tags = pl.Enum(accepted.get_column("tag").unique().sort())
+    accepted = accepted.with_columns(pl.col("tag").cast(tags))
     return accepted, rejects, _report(path, started, accepted, rejects)
 
 
@@ -483,7 +496,7 @@ def read_tables(data_dir: Path) -> Tables:
         rejects = [view_rejects, tag_rejects]
 
         interests = _empty(
-            {"user_handle": pl.Int64, "tag": pl.String, "date_followed": pl.Datetime("us")}
+            {"user_handle": pl.Int64, "tag": pl.Enum([]), "date_followed": pl.Datetime("us")}
         )
         if (data_dir / INTERESTS).is_file():
             with _parsing(data_dir / INTERESTS):

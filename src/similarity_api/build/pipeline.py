@@ -30,7 +30,10 @@ from similarity_api.settings import BuildSettings
 logger = logging.getLogger(__name__)
 
 RECALL_K = 10
-RECALL_WARN = 0.95
+#: Tuning raises search_k by this factor per step, at most TUNING_STEPS times (x32 in all): the
+#: cost of a search grows about linearly with search_k, so a finer ladder stops closer to the target.
+TUNING_FACTOR = 2**0.5
+TUNING_STEPS = 10
 SELF_TEST_K = 10
 _EXACT_CHUNK = 65_536
 
@@ -92,27 +95,72 @@ def exact_top_k(vectors: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     return best_ids
 
 
-def measure_recall(
+@dataclass(frozen=True)
+class Tuning:
+    """The search_k chosen for the index and the recall measured on the way to it."""
+
+    search_k: int
+    steps: tuple[fmt.RecallStep, ...]
+    sample: int
+
+
+def tune_search_k(
     index: AnnoyIndex,
     vectors: np.ndarray,
     item_user: np.ndarray,
     *,
     sample: int,
     candidates: int,
-    search_k: int,
+    start: int,
+    tune: bool,
+    target: float,
     seed: int,
     progress: bool,
-) -> dict[str, float]:
-    """recall@10 against exact cosine on a sample: Annoy's own top 10, and the served top 10
-    (``candidates`` from Annoy, exactly re-ranked)."""
+) -> Tuning:
+    """recall@10 against exact cosine on a seeded sample of customers, at ``start``; with ``tune``,
+    ``search_k`` grows by TUNING_FACTOR (at most TUNING_STEPS times) until Annoy's own recall@10 reaches
+    ``target``. Each step records Annoy's own top 10 and the served top 10 (``candidates`` from
+    Annoy, exactly re-ranked). The cost of a search grows with search_k, recall saturates: the
+    smallest search_k that meets the target is the one to serve with."""
     n_items = vectors.shape[0]
     if n_items <= RECALL_K or sample == 0:
-        return {"recall_sample": 0.0}
+        return Tuning(search_k=start, steps=(), sample=0)
     rng = np.random.default_rng(seed)
     items = np.sort(rng.choice(n_items, size=min(sample, n_items), replace=False))
     exact = exact_top_k(vectors, items, RECALL_K)
     n = max(candidates, RECALL_K + 1)
+    steps: list[fmt.RecallStep] = []
+    search_k = start
+    for step_number in range(TUNING_STEPS + 1):
+        step = _recall_at(index, vectors, item_user, items, exact, n, search_k, progress)
+        steps.append(step)
+        logger.info(
+            "recall@10 at search_k %d: Annoy %.4f, served %.4f",
+            search_k,
+            step.recall_at_10_annoy,
+            step.recall_at_10_served,
+        )
+        if not tune or step.recall_at_10_annoy >= target:
+            break
+        search_k = tuning_ladder(start, step_number + 1)
+    return Tuning(search_k=steps[-1].search_k, steps=tuple(steps), sample=len(items))
 
+
+def tuning_ladder(start: int, step: int) -> int:
+    """The search_k tried at ``step`` (0 = ``start``): start x sqrt(2)^step, rounded."""
+    return round(start * TUNING_FACTOR**step)
+
+
+def _recall_at(
+    index: AnnoyIndex,
+    vectors: np.ndarray,
+    item_user: np.ndarray,
+    items: np.ndarray,
+    exact: np.ndarray,
+    n: int,
+    search_k: int,
+    progress: bool,
+) -> fmt.RecallStep:
     def hits(row: int) -> tuple[int, int]:
         # One Annoy search per customer: with an explicit search_k the candidate set does not
         # depend on n, so Annoy's own top 10 is the head of the same answer.
@@ -131,30 +179,32 @@ def measure_recall(
         for raw_hit, served_hit in tqdm(
             pool.map(hits, range(len(items))),
             total=len(items),
-            desc="recall",
+            desc=f"recall at search_k {search_k}",
             disable=not progress,
             leave=False,
         ):
             raw_hits += raw_hit
             served_hits += served_hit
     total = len(items) * RECALL_K
-    return {
-        "recall_sample": float(len(items)),
-        "recall_at_10_annoy": round(raw_hits / total, 4),
-        "recall_at_10_served": round(served_hits / total, 4),
-    }
+    return fmt.RecallStep(
+        search_k=search_k,
+        recall_at_10_annoy=round(raw_hits / total, 4),
+        recall_at_10_served=round(served_hits / total, 4),
+    )
 
 
 def _self_test(
-    index: AnnoyIndex, vectors: np.ndarray, item_user: np.ndarray, settings: BuildSettings
+    index: AnnoyIndex,
+    vectors: np.ndarray,
+    item_user: np.ndarray,
+    settings: BuildSettings,
+    search_k: int,
 ) -> fmt.SelfTest:
     """Record a known answer: the served neighbours of the first indexed customer."""
     item = 0
     k = min(SELF_TEST_K, vectors.shape[0] - 1)
     cands = np.asarray(
-        index.get_nns_by_item(
-            item, max(settings.candidates, k + 1), search_k=settings.effective_search_k()
-        )
+        index.get_nns_by_item(item, max(settings.candidates, k + 1), search_k=search_k)
     )
     chosen, sims = rank_candidates(vectors, item_user, vectors[item], cands, k, exclude=item)
     return fmt.SelfTest(
@@ -251,47 +301,61 @@ def build(settings: BuildSettings) -> BuildResult:
         with fmt.ArtifactWriter(settings.artifacts_dir) as writer:
             t0 = time.perf_counter()
             user_item, item_user = _write(writer, tables, features, emb)
-            search_k = settings.effective_search_k()
             index = writer.build_index(
-                emb.vectors, settings.n_trees, settings.seed, n_jobs=annoy_jobs
+                emb.vectors, settings.n_trees, settings.seed, n_jobs=annoy_jobs, progress=progress
             )
             timings["index"] = round(time.perf_counter() - t0, 3)
             logger.info(
-                "index %s items, %d trees, search_k %d (%.1f s)",
+                "index %s items, %d trees (%.1f s)",
                 f"{emb.vectors.shape[0]:,}",
                 settings.n_trees,
-                search_k,
                 timings["index"],
             )
 
             t0 = time.perf_counter()
-            quality = measure_recall(
+            tuning = tune_search_k(
                 index,
                 emb.vectors,
                 item_user,
                 sample=settings.recall_sample,
                 candidates=settings.candidates,
-                search_k=search_k,
+                start=settings.base_search_k(),
+                tune=settings.search_k == 0,
+                target=settings.target_recall,
                 seed=settings.seed,
                 progress=progress,
             )
-            self_test = _self_test(index, emb.vectors, item_user, settings)
+            search_k = tuning.search_k
+            self_test = _self_test(index, emb.vectors, item_user, settings, search_k)
             index.unload()
             timings["quality"] = round(time.perf_counter() - t0, 3)
-            if quality.get("recall_sample"):
+            quality: dict[str, float] = {"recall_sample": float(tuning.sample)}
+            if tuning.steps:
+                final = tuning.steps[-1]
+                quality.update(
+                    recall_at_10_annoy=final.recall_at_10_annoy,
+                    recall_at_10_served=final.recall_at_10_served,
+                )
                 logger.info(
-                    "quality recall@10 on %d customers: Annoy %.4f, served (re-ranked) %.4f (%.1f s)",
-                    int(quality["recall_sample"]),
-                    quality["recall_at_10_annoy"],
-                    quality["recall_at_10_served"],
+                    "quality search_k %d (%s): recall@10 on %d customers: Annoy %.4f, served "
+                    "(re-ranked) %.4f (%.1f s)",
+                    search_k,
+                    "tuned" if settings.search_k == 0 else "as given",
+                    tuning.sample,
+                    final.recall_at_10_annoy,
+                    final.recall_at_10_served,
                     timings["quality"],
                 )
-                if quality["recall_at_10_annoy"] < RECALL_WARN:
+                if final.recall_at_10_annoy < settings.target_recall:
                     logger.warning(
-                        "recall@10 of Annoy is %.4f < %.2f: raise --n-trees or --search-k",
-                        quality["recall_at_10_annoy"],
-                        RECALL_WARN,
+                        "recall@10 of Annoy is %.4f < %.2f at search_k %d: raise --search-k "
+                        "(or --n-trees)",
+                        final.recall_at_10_annoy,
+                        settings.target_recall,
+                        search_k,
                     )
+            else:
+                logger.info("quality not measured (--recall-sample 0): search_k %d", search_k)
 
             files = writer.file_entries()
             content = fmt.content_checksum(files)
@@ -323,6 +387,8 @@ def build(settings: BuildSettings) -> BuildResult:
                 seed=settings.seed,
                 parameters={
                     "dim_requested": settings.dim,
+                    "search_k_requested": settings.search_k,
+                    "target_recall": settings.target_recall,
                     "weights": settings.weights.model_dump(),
                     "deterministic": settings.deterministic,
                     "recall_sample": settings.recall_sample,
@@ -334,6 +400,7 @@ def build(settings: BuildSettings) -> BuildResult:
                 counts=counts,
                 timings=timings,
                 quality=quality,
+                search_k_tuning=list(tuning.steps),
                 self_test=self_test,
                 files=files,
             )
