@@ -458,3 +458,17 @@ def test_a_free_port_passes_and_serve_goes_on_to_the_index(
     assert listen_problem("::1" if socket.has_ipv6 else "127.0.0.1", 0, 2) is None
     assert run(["serve", "--artifacts-dir", str(tmp_path), "--port", str(port)]) == 1
     assert capsys.readouterr().err.startswith("error: no published artifact: ")
+
+
+def test_serve_with_workers_and_no_watcher_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload reaches one worker; without the watcher the others would never follow."""
+    monkeypatch.setenv("SIMILARITY_WATCH_INTERVAL", "0")
+    _fails(
+        capsys,
+        ["serve", "--artifacts-dir", str(tmp_path), "--workers", "2"],
+        2,
+        "--workers > 1 needs SIMILARITY_WATCH_INTERVAL > 0: a reload reaches one worker, the "
+        "others follow a newly published version by watching for it",
+    )

@@ -54,7 +54,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
 
 def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMILARITY_")}
-    env.update({"SIMILARITY_WATCH_INTERVAL": "0", "OPENBLAS_NUM_THREADS": "1"})
+    # No reload unless a test asks for one (an hour: 0 would refuse --workers > 1).
+    env.update({"SIMILARITY_WATCH_INTERVAL": "3600", "OPENBLAS_NUM_THREADS": "1"})
     env.update(extra or {})
     return env
 

@@ -96,7 +96,8 @@ def running_server(
     # One BLAS thread per server process: each request's small matrix products are not worth
     # threads, and spinning BLAS threads on a 2-core runner starve the build running alongside.
     environment.update(
-        {"SIMILARITY_HOST": HOST, "SIMILARITY_WATCH_INTERVAL": "0", "OPENBLAS_NUM_THREADS": "1"}
+        # No reload unless a test asks for one (an hour: 0 would refuse --workers > 1).
+        {"SIMILARITY_HOST": HOST, "SIMILARITY_WATCH_INTERVAL": "3600", "OPENBLAS_NUM_THREADS": "1"}
     )
     environment.update(env or {})
     url = f"http://{HOST}:{port}"

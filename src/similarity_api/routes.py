@@ -320,6 +320,10 @@ async def metrics(state: StateDep) -> PlainTextResponse:
     },
     tags=["operations"],
     summary="Load the newest published artifact without downtime (bearer token)",
+    description="The worker that answers loads, verifies and swaps in the version `current` "
+    "points to before it replies; with several workers the others follow by themselves within "
+    "`SIMILARITY_WATCH_INTERVAL` seconds (each watches `current`). A version that fails to load "
+    "is refused (409) and the previous one keeps serving.",
 )
 async def admin_reload(
     state: StateDep, authorization: Annotated[str | None, Header()] = None

@@ -89,6 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1 and settings.watch_interval == 0:
+        # POST /admin/reload reaches the one worker that accepts it; the others learn of a new
+        # `current` only by watching it.
+        print(
+            "error: --workers > 1 needs SIMILARITY_WATCH_INTERVAL > 0: a reload reaches one "
+            "worker, the others follow a newly published version by watching for it",
+            file=sys.stderr,
+        )
+        return 2
     # Before the index loads (seconds on a large one), not as uvicorn's exit 3 afterwards.
     problem = listen_problem(settings.host, settings.port, settings.workers)
     if problem is not None:

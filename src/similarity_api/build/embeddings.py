@@ -47,8 +47,11 @@ def embed(matrix: sp.csr_matrix, dim: int, seed: int) -> Embedding:
     """Factorise ``matrix`` into ``dim`` components (clamped to what its shape allows)."""
     started = time.perf_counter()
     active = np.flatnonzero(np.diff(matrix.indptr) > 0)
-    # Row selection copies the matrix: skip it when every row is active (the usual case).
-    x = (matrix if active.size == matrix.shape[0] else matrix[active]).astype(np.float64)
+    # Row selection copies the matrix: skip it when every row is active (the usual case). Single
+    # precision, like the matrix and the stored embeddings: ARPACK is 1.6x faster on it than on a
+    # float64 copy, singular values agree to 1e-5 and the exact top 10 of 1,000 customers is the
+    # same at 10k and 100k customers (benchmarks/README.md).
+    x = (matrix if active.size == matrix.shape[0] else matrix[active]).astype(np.float32)
     n_rows, n_cols = x.shape
     if n_rows == 0 or n_cols == 0:
         raise ValueError("nothing to factorise: every customer row is empty")
@@ -64,6 +67,7 @@ def embed(matrix: sp.csr_matrix, dim: int, seed: int) -> Embedding:
         )
     if k <= limit:
         v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, size=min(n_rows, n_cols))
+        v0 = v0.astype(np.float32)
         u, s, vt = svds(x, k=k, v0=v0, solver="arpack", random_state=seed)
     else:  # a matrix too small for ARPACK (e.g. one customer): exact dense SVD
         u, s, vt = np.linalg.svd(x.toarray(), full_matrices=False)
@@ -71,7 +75,7 @@ def embed(matrix: sp.csr_matrix, dim: int, seed: int) -> Embedding:
     order = np.argsort(-s, kind="stable")
     u, s, vt = u[:, order], s[order], vt[order]
     u, vt = _fix_signs(u, vt)
-    vectors = u * s
+    vectors = u.astype(np.float64) * s.astype(np.float64)  # normalised in double precision
     norms = np.linalg.norm(vectors, axis=1)
     keep = norms > MIN_NORM
     if not keep.all():
