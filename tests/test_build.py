@@ -326,8 +326,9 @@ def test_help_states_each_default_the_build_uses() -> None:
 def test_search_k_is_tuned_until_recall_reaches_the_target(
     real_data_dir: Path, tmp_path: Path
 ) -> None:
-    """Too small a start: the build raises search_k (x sqrt(2) a step) until Annoy's own recall@10 on its sample
-    reaches the target, records every step, and serves with the last. Each recorded recall is
+    """Too small a start: the build climbs a ladder (x sqrt(2) a rung) until Annoy's own recall@10
+    on its sample reaches the target, bisects between the last miss and the first hit, records
+    every step, and serves with the smallest search_k that met it. Each recorded recall is
     recomputed here from the stored embeddings (exact top 10) and the published index."""
     settings = build_settings(
         real_data_dir,
@@ -340,12 +341,24 @@ def test_search_k_is_tuned_until_recall_reaches_the_target(
     result = build(settings)
     m = result.manifest
     steps = m.search_k_tuning
-    assert [s.search_k for s in steps] == [round(80 * 2 ** (i / 2)) for i in range(len(steps))]
-    assert len(steps) >= 2
-    assert all(s.recall_at_10_annoy < 0.8 for s in steps[:-1])
-    assert steps[-1].recall_at_10_annoy >= 0.8
-    assert m.search_k == steps[-1].search_k
-    assert m.quality["recall_at_10_annoy"] == steps[-1].recall_at_10_annoy
+    rungs = [s for s in steps if s.search_k in {round(80 * 2 ** (i / 2)) for i in range(11)}]
+    assert [s.search_k for s in rungs] == [round(80 * 2 ** (i / 2)) for i in range(len(rungs))]
+    assert len(rungs) >= 2
+    assert all(s.recall_at_10_annoy < 0.8 for s in rungs[:-1])
+    assert rungs[-1].recall_at_10_annoy >= 0.8
+    # then two bisections, each between the nearest miss and hit so far
+    bisected = steps[len(rungs) :]
+    assert len(bisected) == 2
+    miss, hit = rungs[-2].search_k, rungs[-1].search_k
+    for step in bisected:
+        assert step.search_k == round((miss * hit) ** 0.5)
+        if step.recall_at_10_annoy >= 0.8:
+            hit = step.search_k
+        else:
+            miss = step.search_k
+    assert m.search_k == hit == min(s.search_k for s in steps if s.recall_at_10_annoy >= 0.8)
+    chosen = next(s for s in steps if s.search_k == m.search_k)
+    assert m.quality["recall_at_10_annoy"] == chosen.recall_at_10_annoy
     assert m.parameters["search_k_requested"] == 0
 
     loaded = artifact.load(result.path)

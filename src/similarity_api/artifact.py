@@ -124,7 +124,8 @@ class Manifest(BaseModel):
     timings: dict[str, float]
     quality: dict[str, float]
     search_k_tuning: list[RecallStep] = Field(
-        default_factory=list, description="recall at each search_k tried, the chosen one last"
+        default_factory=list,
+        description="recall at each search_k tried, in order; `search_k` is the one chosen",
     )
     self_test: SelfTest
     files: dict[str, FileEntry]

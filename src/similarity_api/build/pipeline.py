@@ -34,6 +34,8 @@ RECALL_K = 10
 #: cost of a search grows about linearly with search_k, so a finer ladder stops closer to the target.
 TUNING_FACTOR = 2**0.5
 TUNING_STEPS = 10
+#: Bisections between the last miss and the first hit of the ladder: within 2^(1/8) (9 %).
+REFINE_STEPS = 2
 SELF_TEST_K = 10
 _EXACT_CHUNK = 65_536
 
@@ -100,8 +102,13 @@ class Tuning:
     """The search_k chosen for the index and the recall measured on the way to it."""
 
     search_k: int
-    steps: tuple[fmt.RecallStep, ...]
+    steps: tuple[fmt.RecallStep, ...]  # in the order tried
     sample: int
+
+    @property
+    def chosen(self) -> fmt.RecallStep | None:
+        """The step measured at the chosen search_k (None when recall was not measured)."""
+        return next((s for s in self.steps if s.search_k == self.search_k), None)
 
 
 def tune_search_k(
@@ -118,10 +125,15 @@ def tune_search_k(
     progress: bool,
 ) -> Tuning:
     """recall@10 against exact cosine on a seeded sample of customers, at ``start``; with ``tune``,
-    ``search_k`` grows by TUNING_FACTOR (at most TUNING_STEPS times) until Annoy's own recall@10 reaches
-    ``target``. Each step records Annoy's own top 10 and the served top 10 (``candidates`` from
-    Annoy, exactly re-ranked). The cost of a search grows with search_k, recall saturates: the
-    smallest search_k that meets the target is the one to serve with."""
+    the smallest search_k found that brings Annoy's own recall@10 to ``target``.
+
+    The cost of a search grows about linearly with search_k while recall saturates, and a larger
+    search_k only adds candidates (recall never drops): so search_k climbs a ladder (x
+    TUNING_FACTOR, at most TUNING_STEPS times) until the target is met, then REFINE_STEPS
+    bisections (geometric) between the last miss and the first hit bring it closer to the least
+    that meets it. Each step records Annoy's own top 10 and the served top 10 (``candidates`` from
+    Annoy, exactly re-ranked); the chosen search_k is the smallest that met the target, or the
+    largest tried when none did."""
     n_items = vectors.shape[0]
     if n_items <= RECALL_K or sample == 0:
         return Tuning(search_k=start, steps=(), sample=0)
@@ -130,8 +142,8 @@ def tune_search_k(
     exact = exact_top_k(vectors, items, RECALL_K)
     n = max(candidates, RECALL_K + 1)
     steps: list[fmt.RecallStep] = []
-    search_k = start
-    for step_number in range(TUNING_STEPS + 1):
+
+    def met(search_k: int) -> bool:
         step = _recall_at(index, vectors, item_user, items, exact, n, search_k, progress)
         steps.append(step)
         logger.info(
@@ -140,14 +152,30 @@ def tune_search_k(
             step.recall_at_10_annoy,
             step.recall_at_10_served,
         )
-        if not tune or step.recall_at_10_annoy >= target:
+        return step.recall_at_10_annoy >= target
+
+    miss, hit = 0, 0
+    for rung in range(TUNING_STEPS + 1):
+        search_k = tuning_ladder(start, rung)
+        if met(search_k) or not tune:
+            hit = search_k
             break
-        search_k = tuning_ladder(start, step_number + 1)
-    return Tuning(search_k=steps[-1].search_k, steps=tuple(steps), sample=len(items))
+        miss = search_k
+    if tune and hit and miss:
+        for _ in range(REFINE_STEPS):
+            middle = round((miss * hit) ** 0.5)
+            if middle in (miss, hit):
+                break
+            if met(middle):
+                hit = middle
+            else:
+                miss = middle
+    chosen = hit or steps[-1].search_k
+    return Tuning(search_k=chosen, steps=tuple(steps), sample=len(items))
 
 
 def tuning_ladder(start: int, step: int) -> int:
-    """The search_k tried at ``step`` (0 = ``start``): start x sqrt(2)^step, rounded."""
+    """The search_k of rung ``step`` of the ladder (0 = ``start``): start x sqrt(2)^step."""
     return round(start * TUNING_FACTOR**step)
 
 
@@ -330,8 +358,8 @@ def build(settings: BuildSettings) -> BuildResult:
             index.unload()
             timings["quality"] = round(time.perf_counter() - t0, 3)
             quality: dict[str, float] = {"recall_sample": float(tuning.sample)}
-            if tuning.steps:
-                final = tuning.steps[-1]
+            final = tuning.chosen
+            if final is not None:
                 quality.update(
                     recall_at_10_annoy=final.recall_at_10_annoy,
                     recall_at_10_served=final.recall_at_10_served,
