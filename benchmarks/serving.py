@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     env = dict(os.environ)
-    env["SIMILARITY_WATCH_INTERVAL"] = "0"
+    env["SIMILARITY_WATCH_INTERVAL"] = "3600"  # no reloads during a run (0 refuses --workers > 1)
     if args.search_k:
         env["SIMILARITY_SEARCH_K"] = str(args.search_k)
     result: dict[str, Any] = {

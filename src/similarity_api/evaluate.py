@@ -56,7 +56,7 @@ from similarity_api import artifact as fmt
 from similarity_api.build.embeddings import embed
 from similarity_api.build.features import build_features
 from similarity_api.build.ingest import Tables, read_tables
-from similarity_api.build.pipeline import exact_top_k, tune_search_k
+from similarity_api.build.pipeline import exact_top_k, recall_truth, tune_search_k
 from similarity_api.errors import SimilarityError
 from similarity_api.index import rank_candidates
 from similarity_api.settings import BlockWeights, BuildSettings
@@ -573,12 +573,11 @@ def served_recall(
             index,
             vectors,
             item_user,
-            sample=settings.recall_sample,
+            recall_truth(vectors, settings.recall_sample, settings.seed),
             candidates=settings.candidates,
             start=settings.base_search_k(),
             tune=settings.search_k == 0,
             target=settings.target_recall,
-            seed=settings.seed,
             progress=False,
         ).search_k
         for row, item in enumerate(items):

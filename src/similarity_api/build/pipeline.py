@@ -111,17 +111,36 @@ class Tuning:
         return next((s for s in self.steps if s.search_k == self.search_k), None)
 
 
+@dataclass(frozen=True)
+class RecallTruth:
+    """A seeded sample of items and their exact cosine top RECALL_K (itself excluded)."""
+
+    items: np.ndarray  # int64, ascending
+    exact: np.ndarray  # int64 (len(items), RECALL_K)
+
+
+def recall_truth(vectors: np.ndarray, sample: int, seed: int) -> RecallTruth | None:
+    """The truth recall is measured against, or None when there is nothing to measure. Brute
+    force (``exact_top_k``): it needs only the embeddings, so the build runs it alongside the
+    single-threaded Annoy build."""
+    n_items = vectors.shape[0]
+    if n_items <= RECALL_K or sample == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    items = np.sort(rng.choice(n_items, size=min(sample, n_items), replace=False))
+    return RecallTruth(items=items, exact=exact_top_k(vectors, items, RECALL_K))
+
+
 def tune_search_k(
     index: AnnoyIndex,
     vectors: np.ndarray,
     item_user: np.ndarray,
+    truth: RecallTruth | None,
     *,
-    sample: int,
     candidates: int,
     start: int,
     tune: bool,
     target: float,
-    seed: int,
     progress: bool,
 ) -> Tuning:
     """recall@10 against exact cosine on a seeded sample of customers, at ``start``; with ``tune``,
@@ -134,12 +153,9 @@ def tune_search_k(
     that meets it. Each step records Annoy's own top 10 and the served top 10 (``candidates`` from
     Annoy, exactly re-ranked); the chosen search_k is the smallest that met the target, or the
     largest tried when none did."""
-    n_items = vectors.shape[0]
-    if n_items <= RECALL_K or sample == 0:
+    if truth is None:
         return Tuning(search_k=start, steps=(), sample=0)
-    rng = np.random.default_rng(seed)
-    items = np.sort(rng.choice(n_items, size=min(sample, n_items), replace=False))
-    exact = exact_top_k(vectors, items, RECALL_K)
+    items, exact = truth.items, truth.exact
     n = max(candidates, RECALL_K + 1)
     steps: list[fmt.RecallStep] = []
 
@@ -328,16 +344,29 @@ def build(settings: BuildSettings) -> BuildResult:
 
         with fmt.ArtifactWriter(settings.artifacts_dir) as writer:
             t0 = time.perf_counter()
-            user_item, item_user = _write(writer, tables, features, emb)
-            index = writer.build_index(
-                emb.vectors, settings.n_trees, settings.seed, n_jobs=annoy_jobs, progress=progress
-            )
-            timings["index"] = round(time.perf_counter() - t0, 3)
+            # The deterministic Annoy build uses one core: the brute-force truth of the recall
+            # sample takes the other (both release the GIL; one BLAS thread either way).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                truth_job = pool.submit(
+                    recall_truth, emb.vectors, settings.recall_sample, settings.seed
+                )
+                user_item, item_user = _write(writer, tables, features, emb)
+                index = writer.build_index(
+                    emb.vectors,
+                    settings.n_trees,
+                    settings.seed,
+                    n_jobs=annoy_jobs,
+                    progress=progress,
+                )
+                timings["index"] = round(time.perf_counter() - t0, 3)
+                truth = truth_job.result()
             logger.info(
-                "index %s items, %d trees (%.1f s)",
+                "index %s items, %d trees; exact top %d of %s sampled customers alongside (%.1f s)",
                 f"{emb.vectors.shape[0]:,}",
                 settings.n_trees,
-                timings["index"],
+                RECALL_K,
+                f"{0 if truth is None else truth.items.size:,}",
+                time.perf_counter() - t0,
             )
 
             t0 = time.perf_counter()
@@ -345,12 +374,11 @@ def build(settings: BuildSettings) -> BuildResult:
                 index,
                 emb.vectors,
                 item_user,
-                sample=settings.recall_sample,
+                truth,
                 candidates=settings.candidates,
                 start=settings.base_search_k(),
                 tune=settings.search_k == 0,
                 target=settings.target_recall,
-                seed=settings.seed,
                 progress=progress,
             )
             search_k = tuning.search_k
