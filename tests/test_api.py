@@ -785,3 +785,23 @@ async def test_body_not_declared_as_json_is_415(client: httpx.AsyncClient) -> No
         "detail": "the body is declared as text/plain: send it as JSON, with "
         "`Content-Type: application/json`",
     }
+
+
+async def test_docs_work_offline(client: httpx.AsyncClient) -> None:
+    """/docs is Swagger UI from files in the package: no CDN, so it renders without internet."""
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "/docs-assets/swagger-ui.css" in page.text
+    assert "url: '/openapi.json'" in page.text
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    script = await client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert "SwaggerUIBundle" in script.text
+    css = await client.get("/docs-assets/swagger-ui.css")
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+    # ReDoc would load its script from a CDN too: not offered
+    assert (await client.get("/redoc")).status_code == 404

@@ -10,7 +10,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
@@ -23,6 +27,9 @@ from similarity_api.settings import ServeSettings
 from similarity_api.state import ServiceState, load_index
 
 logger = logging.getLogger(__name__)
+
+#: Where /docs finds Swagger UI's script and styles.
+DOCS_ASSETS = "/docs-assets"
 
 DESCRIPTION = """Which customers behave most like a given customer, and why.
 
@@ -70,10 +77,31 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc load their scripts from a CDN: a blank page offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
+    _offline_docs(app)
     app.include_router(router)
     problems.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files shipped in the wheel (swagger-ui-bundle), not a CDN."""
+    app.mount(
+        DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
