@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from similarity_api.errors import ArtifactError
+from similarity_api.progress import ticking
 from similarity_api.space import Block, FeatureSpace
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,8 @@ class ArtifactWriter:
     ) -> AnnoyIndex:
         """Build the Annoy index straight to disk and return it loaded (memory-mapped).
 
-        With ``progress``, a bar counts the items added, then a ticker shows the seconds spent in
-        Annoy's tree build (one C++ call that reports nothing, and the longest step at scale)."""
+        With ``progress``, a bar counts the items added, then a line the seconds spent in Annoy's
+        tree build (one C++ call that reports nothing, and the longest step at scale)."""
         index = AnnoyIndex(int(vectors.shape[1]), METRIC)
         index.set_seed(seed)
         index.on_disk_build(str(self.path("index")))
@@ -198,31 +198,8 @@ class ArtifactWriter:
             tqdm(vectors, desc="index: add items", unit=" items", disable=not progress, leave=False)
         ):
             index.add_item(item, vector)
-        if not progress:
+        with ticking(f"index: build {n_trees} trees", progress):
             index.build(n_trees, n_jobs=n_jobs)
-            return index
-        # Annoy releases the GIL while it builds: a thread runs it, this one ticks.
-        done = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                index.build(n_trees, n_jobs=n_jobs)
-            except BaseException as exc:  # re-raised below, in the caller's thread
-                failure.append(exc)
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=run, name="annoy-build", daemon=True)
-        worker.start()
-        with tqdm(
-            desc=f"index: build {n_trees} trees", bar_format="{desc}: {elapsed}", leave=False
-        ) as bar:
-            while not done.wait(0.5):
-                bar.refresh()
-        worker.join()
-        if failure:
-            raise failure[0]
         return index
 
     def file_entries(self) -> dict[str, FileEntry]:

@@ -8,6 +8,7 @@ environment variable (:func:`validation_message`), and a folder that must be wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -267,10 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(message)s", stream=sys.stderr, force=True
     )
-    from similarity_api.build.pipeline import build
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from similarity_api.build.pipeline import build, shows_progress
+
+    # With progress lines on the terminal, log lines go through tqdm, which clears the line first.
+    redirect = logging_redirect_tqdm() if shows_progress(settings) else contextlib.nullcontext()
     try:
-        build(settings)
+        with redirect:
+            build(settings)
     except SimilarityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

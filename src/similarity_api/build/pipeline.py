@@ -25,6 +25,7 @@ from similarity_api.build.features import FeatureMatrix, build_features
 from similarity_api.build.ingest import Tables, read_tables
 from similarity_api.errors import BuildError
 from similarity_api.index import rank_candidates
+from similarity_api.progress import ticking
 from similarity_api.settings import BuildSettings
 
 logger = logging.getLogger(__name__)
@@ -299,9 +300,14 @@ def _write(
     return user_item, item_user
 
 
+def shows_progress(settings: BuildSettings) -> bool:
+    """Progress lines: as asked, else only when standard error is a terminal."""
+    return settings.progress if settings.progress is not None else os.isatty(2)
+
+
 def build(settings: BuildSettings) -> BuildResult:
     """Run the whole build and publish the artifact as the new ``current``."""
-    progress = settings.progress if settings.progress is not None else os.isatty(2)
+    progress = shows_progress(settings)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     blas_threads = 1 if settings.deterministic else None
@@ -316,10 +322,12 @@ def build(settings: BuildSettings) -> BuildResult:
             "polars": pl.thread_pool_size(),
         }
         t0 = time.perf_counter()
-        tables = read_tables(settings.data_dir)
+        with ticking("ingest", progress):
+            tables = read_tables(settings.data_dir)
         timings["ingest"] = round(time.perf_counter() - t0, 3)
 
-        features = build_features(tables, settings.weights)
+        with ticking("features", progress):
+            features = build_features(tables, settings.weights)
         timings["features"] = features.seconds
         # Past this point only the rejects and file reports are needed: free the input rows
         # (gigabytes at a million customers) before the factorisation and the index build.
@@ -334,7 +342,8 @@ def build(settings: BuildSettings) -> BuildResult:
                 f"{settings.data_dir}: no customer has comparable activity; nothing to index"
             )
 
-        emb = embed(features.matrix, settings.dim, settings.seed)
+        with ticking(f"embeddings: svds k={settings.dim}", progress):
+            emb = embed(features.matrix, settings.dim, settings.seed)
         timings["embeddings"] = emb.seconds
         if emb.vectors.shape[0] < 2:
             raise BuildError(
