@@ -111,26 +111,16 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, ordered[starts], starts
 
 
-def _sum_by(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
+def _reduce_by(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int, op: np.ufunc
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum ``values`` per (row, col), in input order: (rows, cols, sums) sorted by row then col."""
+    """``op`` (np.add: sum, np.maximum: largest) of ``values`` per (row, col), taken in input
+    order: (rows, cols, results) sorted by row then col."""
     if rows.size == 0:
         return rows, cols, values.astype(np.float64)
     order, keys, starts = _runs(rows * n_cols + cols)
-    sums = np.add.reduceat(values.astype(np.float64)[order], starts)
-    return keys // n_cols, keys % n_cols, sums
-
-
-def _max_by(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The largest value per (row, col): (rows, cols, maxima) sorted by row then col."""
-    if rows.size == 0:
-        return rows, cols, values.astype(np.float64)
-    order, keys, starts = _runs(rows * n_cols + cols)
-    best = np.maximum.reduceat(values.astype(np.float64)[order], starts)
-    return keys // n_cols, keys % n_cols, best
+    reduced = op.reduceat(values.astype(np.float64)[order], starts)
+    return keys // n_cols, keys % n_cols, reduced
 
 
 def _distinct(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,11 +169,12 @@ def long_blocks(tables: Tables, users: np.ndarray) -> dict[str, LongBlock]:
     tags = tables.course_tags.get_column("tag").unique().sort().to_list()
 
     views = tables.views
-    rows, cols, seconds = _sum_by(
+    rows, cols, seconds = _reduce_by(
         _rows_of(users, views.get_column("user_handle").to_numpy()),
         _codes(views.get_column("course_id"), courses),
         views.get_column("view_time_seconds").to_numpy(),
         len(courses),
+        np.add,
     )
     course = LongBlock(labels=courses, rows=rows, cols=cols, values=seconds)
 
@@ -192,7 +183,9 @@ def long_blocks(tables: Tables, users: np.ndarray) -> dict[str, LongBlock]:
     tag_code = _codes(tables.course_tags.get_column("tag"), tags)
     indptr = np.concatenate(([0], np.cumsum(np.bincount(tag_course, minlength=len(courses)))))
     entry, tag_cols = _expand(indptr, tag_code, course.cols)
-    tag = LongBlock(tags, *_sum_by(course.rows[entry], tag_cols, course.values[entry], len(tags)))
+    tag = LongBlock(
+        tags, *_reduce_by(course.rows[entry], tag_cols, course.values[entry], len(tags), np.add)
+    )
 
     labels = tables.interests.get_column("tag").unique().sort().to_list()
     rows, cols = _distinct(
@@ -203,11 +196,12 @@ def long_blocks(tables: Tables, users: np.ndarray) -> dict[str, LongBlock]:
     interest = LongBlock(labels=labels, rows=rows, cols=cols, values=np.ones(rows.size))
 
     labels = tables.assessments.get_column("tag").unique().sort().to_list()
-    rows, cols, best = _max_by(
+    rows, cols, best = _reduce_by(
         _rows_of(users, tables.assessments.get_column("user_handle").to_numpy()),
         _codes(tables.assessments.get_column("tag"), labels),
         tables.assessments.get_column("score").to_numpy(),
         len(labels),
+        np.maximum,
     )
     assessment = LongBlock(labels=labels, rows=rows, cols=cols, values=best / MAX_SCORE)
     return {"course": course, "tag": tag, "interest": interest, "assessment": assessment}
