@@ -231,6 +231,12 @@ def test_generate_help_states_every_default_from_synth_config(
             "--fast (SIMILARITY_BUILD_DETERMINISTIC): "
             "Input should be a valid boolean, unable to interpret input",
         ),
+        (  # Annoy takes search_k as a C int: this used to crash the build after all its work
+            ["--search-k", "3000000000"],
+            {},
+            "--search-k (SIMILARITY_BUILD_SEARCH_K): "
+            "Input should be less than or equal to 2147483647",
+        ),
     ],
 )
 def test_build_bad_option_names_option_and_variable_exit_2(
@@ -390,6 +396,11 @@ def test_a_folder_named_like_a_required_file_is_not_a_regular_file(tmp_path: Pat
             {"SIMILARITY_WATCH_INTERVAL": "nan"},
             "SIMILARITY_WATCH_INTERVAL: must be a finite number, got nan",
         ),
+        (  # used to start 'ready' and answer every /predict with a 500
+            [],
+            {"SIMILARITY_SEARCH_K": "3000000000"},
+            "SIMILARITY_SEARCH_K: Input should be less than or equal to 2147483647",
+        ),
     ],
 )
 def test_serve_bad_setting_names_option_and_variable_exit_2(
@@ -472,3 +483,21 @@ def test_serve_with_workers_and_no_watcher_is_refused(
         "--workers > 1 needs SIMILARITY_WATCH_INTERVAL > 0: a reload reaches one worker, the "
         "others follow a newly published version by watching for it",
     )
+
+
+def test_build_refuses_a_current_that_is_not_a_link_before_ingest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A real folder named `current` used to be found only at publish time, with a traceback
+    after the whole build and a stray `.current.<pid>` link left behind."""
+    data = write_dataset(tmp_path / "data", **TWO)
+    artifacts = tmp_path / "art"
+    (artifacts / "current").mkdir(parents=True)
+    _fails(
+        capsys,
+        ["build", "--data-dir", str(data), "--artifacts-dir", str(artifacts)],
+        1,
+        f"{artifacts / 'current'} is a folder, not the symbolic link a build publishes as; "
+        "move it out of the artifacts folder",
+    )
+    assert sorted(p.name for p in artifacts.iterdir()) == ["current"]

@@ -153,6 +153,31 @@ def test_a_request_line_over_the_limit_is_431(server: Server, split: str) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS to an http:// port
+    ],
+    ids=["negative length", "length and chunked", "tls hello"],
+)
+def test_bytes_that_are_not_http_get_a_400_problem(server: Server, request_bytes: bytes) -> None:
+    """uvicorn answers these in plain text before any app runs; the protocol answers in
+    problem+json like every other error (**Fixed**: was `400 Invalid HTTP request received.`)."""
+    [(status, headers, body)] = responses(exchange(server, [request_bytes]))
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert body == {
+        "type": "/problems/malformed-http",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "the request is not valid HTTP/1.1 (Invalid HTTP request received)",
+    }
+
+
+@pytest.mark.slow
 def test_an_unfinished_head_is_refused_once_it_passes_the_limit(server: Server) -> None:
     started = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * LIMIT  # never ends
     [(status, _, body)] = responses(exchange(server, [started]))

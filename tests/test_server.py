@@ -260,24 +260,37 @@ async def test_reload_under_load_drops_nothing(
 
 
 async def test_watcher_follows_a_new_publication(real_artifacts_dir: Path, tmp_path: Path) -> None:
+    """Both workers load a newly published version by themselves; /metrics then shows, per
+    worker, the new version at 1 and the old one at 0."""
     artifacts = copy_artifacts(real_artifacts_dir, tmp_path / "artifacts")
     old = (artifacts / "current").resolve().name
     env = {"SIMILARITY_WATCH_INTERVAL": "0.2"}
-    with running_server(artifacts, tmp_path / "server.log", env=env) as server:
+    info = re.compile(r'similarity_index_info\{pid="(\d+)",version="([^"]+)"\} (\S+)')
+    with running_server(artifacts, tmp_path / "server.log", env=env, workers=2) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as http:
-            assert (await http.get("/readyz")).json()["index_version"] == old
+            # Both workers up on the old version first (readiness is one worker's answer).
+            deadline = time.monotonic() + START_TIMEOUT
+            while server.log_text().count("Application startup complete") < 2:
+                assert time.monotonic() < deadline, server.log_text()
+                await anyio.sleep(0.1)
+            before = info.findall((await http.get("/metrics")).text)
+            assert [(v, x) for _, v, x in before] == [(old, "1.0"), (old, "1.0")], before
             data = tiny_dataset(tmp_path / "data")
             settings = build_settings(data, artifacts, recall_sample=0)
             new = (await anyio.to_thread.run_sync(build, settings)).manifest.version
             assert new != old
-            seen = old
-            deadline = time.monotonic() + 10.0
-            for _ in range(200):
-                seen = (await http.get("/readyz")).json()["index_version"]
-                if seen == new or time.monotonic() > deadline:
+            series: dict[tuple[str, str], float] = {}
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline:
+                text = (await http.get("/metrics")).text
+                series = {(pid, v): float(x) for pid, v, x in info.findall(text)}
+                serving = {pid for (pid, v), x in series.items() if v == new and x == 1.0}
+                if len(serving) == 2:
                     break
-                await anyio.sleep(0.05)
-            assert seen == new
+                await anyio.sleep(0.1)
+            pids = {pid for pid, _ in series}
+            assert len(pids) == 2, series
+            assert series == {(p, v): float(v == new) for p in pids for v in (old, new)}
             response = await http.post("/predict", json={"user_handle": 1, "k": 2})
             assert response.status_code == 200
             assert response.json()["index_version"] == new

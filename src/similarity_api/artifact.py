@@ -238,12 +238,29 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def publish_problem(artifacts_dir: Path) -> str | None:
+    """Why a new version could not be published into ``artifacts_dir`` as ``current``, or None.
+
+    Checked before a build starts, so that it fails in a second and not after the work."""
+    link = artifacts_dir / CURRENT
+    if link.exists() and not link.is_symlink():
+        return (
+            f"{link} is a {'folder' if link.is_dir() else 'file'}, not the symbolic link a build "
+            "publishes as; move it out of the artifacts folder"
+        )
+    return None
+
+
 def _point_current(artifacts_dir: Path, version: str) -> None:
     tmp = artifacts_dir / f".{CURRENT}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     tmp.symlink_to(version, target_is_directory=True)
-    os.replace(tmp, artifacts_dir / CURRENT)
+    try:
+        os.replace(tmp, artifacts_dir / CURRENT)
+    except OSError:
+        tmp.unlink()
+        raise
     _fsync(artifacts_dir)
 
 

@@ -191,14 +191,12 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         else:  # requests pipelined before this one are still being answered: 431 after them
             self.flow.pause_reading()
 
-    def _send_431(self) -> None:
-        body = problem(
-            431,
-            "headers-too-large",
-            f"the request line and headers are larger than {self.max_head_bytes} bytes",
-            limit_bytes=self.max_head_bytes,
-        ).body
-        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+    def _raw_problem(
+        self, status_line: bytes, status: int, slug: str, detail: str, **members: Any
+    ) -> None:
+        """Write a problem+json response straight to the transport (no request reached the app)."""
+        body = problem(status, slug, detail, **members).body
+        head = [status_line]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
         ]
@@ -208,6 +206,25 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + bytes(body))
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP/1.1, as problem+json instead of plain text."""
+        self._raw_problem(
+            b"HTTP/1.1 400 Bad Request\r\n",
+            400,
+            "malformed-http",
+            f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})",
+        )
+        self.transport.close()
+
+    def _send_431(self) -> None:
+        self._raw_problem(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            431,
+            "headers-too-large",
+            f"the request line and headers are larger than {self.max_head_bytes} bytes",
+            limit_bytes=self.max_head_bytes,
+        )
         if not self.transport.can_write_eof():
             self.transport.close()
             return

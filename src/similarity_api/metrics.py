@@ -41,6 +41,7 @@ class Metrics:
 
     def __init__(self, multiproc_dir: Path | None = None) -> None:
         self.multiproc_dir = multiproc_dir
+        self._versions: set[str] = set()
         # In multiprocess mode the metrics live in the shared files; the registry that is scraped
         # reads those files, so the metric objects themselves are registered nowhere.
         own: CollectorRegistry | None = None
@@ -89,7 +90,14 @@ class Metrics:
         )
 
     def index_loaded(self, version: str, items: int, customers: int) -> None:
-        self.index_info.clear()
+        if self.multiproc_dir is None:
+            self.index_info.clear()
+        else:
+            # A multiprocess file keeps every series it ever wrote (clear() cannot drop them):
+            # the versions this worker served before go to 0.
+            for old in self._versions - {version}:
+                self.index_info.labels(version=old).set(0)
+            self._versions.add(version)
         self.index_info.labels(version=version).set(1)
         self.index_items.set(items)
         self.index_customers.set(customers)

@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, help="worker processes sharing the memory-mapped index [1]"
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
     return p
 
 

@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Annoy takes search_k as a C int.
+ANNOY_MAX_SEARCH_K = 2**31 - 1
+
 
 class BlockWeights(BaseSettings):
     """Relative weight of each signal block in the customer x feature matrix."""
@@ -36,6 +39,7 @@ class BuildSettings(BaseSettings):
     search_k: int = Field(
         0,
         ge=0,
+        le=ANNOY_MAX_SEARCH_K,
         description="Annoy search_k per query; 0 = tuned: from n_trees * candidates * 4, raised in "
         "sqrt(2) steps until the measured recall@10 reaches target_recall (the choice is recorded)",
     )
@@ -86,7 +90,9 @@ class ServeSettings(BaseSettings):
     candidates: int | None = Field(
         None, ge=1, le=10_000, description="override the artifact's Annoy candidate count"
     )
-    search_k: int | None = Field(None, ge=1, description="override the artifact's Annoy search_k")
+    search_k: int | None = Field(
+        None, ge=1, le=ANNOY_MAX_SEARCH_K, description="override the artifact's Annoy search_k"
+    )
     watch_interval: float = Field(
         5.0,
         ge=0,

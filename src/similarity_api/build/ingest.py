@@ -60,6 +60,8 @@ REQUIRED_FILES = (VIEWS, COURSE_TAGS)
 OPTIONAL_FILES = (INTERESTS, ASSESSMENTS)
 
 MAX_VIEW_SECONDS = 86_400.0
+#: How much of a wrong header an error message quotes.
+HEADER_SHOWN = 200
 MAX_SCORE = 300
 DATE_FORMAT = "%Y-%m-%d"
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -152,9 +154,10 @@ def _scan(path: Path, columns: Sequence[str]) -> pl.LazyFrame:
     header = [h.strip() for h in header]
     missing = [c for c in columns if c not in header]
     if missing:
-        raise InputError(
-            f"{path}: missing column {missing[0]!r} (header has: {', '.join(header) or 'nothing'})"
-        )
+        shown = ", ".join(header) or "nothing"
+        if len(shown) > HEADER_SHOWN:  # e.g. a file with no line ends read as one huge header
+            shown = f"{shown[:HEADER_SHOWN]}… ({len(shown):,} characters)"
+        raise InputError(f"{path}: missing column {missing[0]!r} (header has: {shown})")
     spare = [f"_spare_{i}" for i in range(len(header))]
     while set(spare) & set(header):
         spare = [f"_{s}" for s in spare]

@@ -308,6 +308,9 @@ def shows_progress(settings: BuildSettings) -> bool:
 def build(settings: BuildSettings) -> BuildResult:
     """Run the whole build and publish the artifact as the new ``current``."""
     progress = shows_progress(settings)
+    problem = fmt.publish_problem(settings.artifacts_dir)
+    if problem is not None:
+        raise BuildError(problem)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     blas_threads = 1 if settings.deterministic else None
@@ -420,7 +423,13 @@ def build(settings: BuildSettings) -> BuildResult:
                         search_k,
                     )
             else:
-                logger.info("quality not measured (--recall-sample 0): search_k %d", search_k)
+                logger.info(
+                    "quality not measured (--recall-sample 0, or %d customers indexed: too few "
+                    "for recall@%d): search_k %d",
+                    emb.vectors.shape[0],
+                    RECALL_K,
+                    search_k,
+                )
 
             files = writer.file_entries()
             content = fmt.content_checksum(files)
