@@ -40,8 +40,9 @@ class BuildSettings(BaseSettings):
         0,
         ge=0,
         le=ANNOY_MAX_SEARCH_K,
-        description="Annoy search_k per query; 0 = tuned: from n_trees * candidates * 4, raised in "
-        "sqrt(2) steps until the measured recall@10 reaches target_recall (the choice is recorded)",
+        description="Annoy search_k per query; 0 = tuned: the least found, from n_trees * "
+        "candidates * 4 up in sqrt(2) steps and then bisected, that brings the measured "
+        "recall@10 to target_recall (every step is recorded)",
     )
     target_recall: float = Field(
         0.95,

@@ -149,9 +149,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search-k",
         type=int,
-        help="Annoy search_k per query; 0 = tuned: from n_trees * candidates * 4, raised in sqrt(2) "
-        "steps until "
-        f"recall@10 reaches --target-recall [{_default('search_k')}]",
+        help="Annoy search_k per query; 0 = tuned: the least found (from n_trees * candidates * 4 "
+        "up in sqrt(2) steps, then bisected) that brings recall@10 to --target-recall "
+        f"[{_default('search_k')}]",
     )
     p.add_argument(
         "--target-recall",
