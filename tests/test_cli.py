@@ -52,6 +52,19 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], status: int, lin
     assert (out, err) == ("", f"error: {line}\n")
 
 
+def _fails_with(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    argv: list[str],
+    line: str,
+) -> None:
+    """With ``environment`` set, ``argv`` is a bad option: exit 2 with exactly ``line``."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    _fails(capsys, argv, 2, line)
+
+
 def _subprocess(argv: list[str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMILARITY_")}
     return subprocess.run(
@@ -247,10 +260,8 @@ def test_build_bad_option_names_option_and_variable_exit_2(
     environment: dict[str, str],
     line: str,
 ) -> None:
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
     argv = ["build", "--data-dir", str(tmp_path), "--artifacts-dir", str(tmp_path / "art")]
-    _fails(capsys, [*argv, *options], 2, line)
+    _fails_with(capsys, monkeypatch, environment, [*argv, *options], line)
     assert not (tmp_path / "art").exists()
 
 
@@ -411,9 +422,8 @@ def test_serve_bad_setting_names_option_and_variable_exit_2(
     environment: dict[str, str],
     line: str,
 ) -> None:
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    _fails(capsys, ["serve", "--artifacts-dir", str(tmp_path), *options], 2, line)
+    argv = ["serve", "--artifacts-dir", str(tmp_path), *options]
+    _fails_with(capsys, monkeypatch, environment, argv, line)
 
 
 def test_serve_on_an_unresolvable_host_fails_before_loading_the_index(

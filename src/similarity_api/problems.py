@@ -74,25 +74,21 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return problem(422, "invalid-request", detail, title="Invalid request", errors=errors)
 
 
-async def _unknown_user(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, UnknownUserError)
-    return problem(
-        404,
-        "unknown-user",
-        str(exc),
-        title="Unknown customer",
-        user_handle=exc.user_handle,
-        index_version=exc.index_version,
-    )
+#: The two 404s about one customer: (type slug, title).
+_CUSTOMER_PROBLEMS: dict[type[Exception], tuple[str, str]] = {
+    UnknownUserError: ("unknown-user", "Unknown customer"),
+    NoComparableActivityError: ("no-comparable-activity", "Customer has no comparable activity"),
+}
 
 
-async def _no_activity(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, NoComparableActivityError)
+async def _customer(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnknownUserError | NoComparableActivityError)
+    slug, title = _CUSTOMER_PROBLEMS[type(exc)]
     return problem(
         404,
-        "no-comparable-activity",
+        slug,
         str(exc),
-        title="Customer has no comparable activity",
+        title=title,
         user_handle=exc.user_handle,
         index_version=exc.index_version,
     )
@@ -146,8 +142,8 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every handler on ``app``."""
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(UnknownUserError, _unknown_user)
-    app.add_exception_handler(NoComparableActivityError, _no_activity)
+    for customer_error in _CUSTOMER_PROBLEMS:
+        app.add_exception_handler(customer_error, _customer)
     app.add_exception_handler(EmptyProfileError, _empty_profile)
     app.add_exception_handler(IndexNotReadyError, _not_ready)
     app.add_exception_handler(ReloadError, _reload_failed)
