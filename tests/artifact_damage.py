@@ -107,7 +107,7 @@ def fix_up(version: Path, *names: str) -> None:
     _write_manifest(version, doc)
 
 
-def _edit_manifest(**changes: Any) -> Callable[[Path], None]:
+def edit_manifest(**changes: Any) -> Callable[[Path], None]:
     def damage(version: Path) -> None:
         doc = _manifest(version)
         for key, value in changes.items():
@@ -143,7 +143,7 @@ def _empty_index_fixed(version: Path) -> None:
 def _index_of_other_dim_fixed(version: Path) -> None:
     doc = _manifest(version)
     dim, n_items = doc["dim"] + 3, doc["n_items"]
-    other = AnnoyIndex(dim, "angular")
+    other = AnnoyIndex(dim, artifact.METRIC)
     rng = np.random.default_rng(1)
     for item in range(n_items):
         other.add_item(item, rng.normal(size=dim).tolist())
@@ -151,6 +151,23 @@ def _index_of_other_dim_fixed(version: Path) -> None:
     other.save(str(version / "index.ann"))
     other.unload()
     fix_up(version, "index.ann")
+
+
+def rebuild_index(version: Path, metric: artifact.Metric, n_trees: int = 5) -> None:
+    """Replace index.ann by one over the same embeddings with ``metric``, and fix the manifest up."""
+    vectors = np.load(version / "embeddings.npy")
+    other = AnnoyIndex(vectors.shape[1], metric)
+    other.set_seed(0)
+    for item, vector in enumerate(vectors):
+        other.add_item(item, vector)
+    other.build(n_trees, n_jobs=1)
+    other.save(str(version / "index.ann"))
+    other.unload()
+    fix_up(version, "index.ann")
+
+
+def _angular_index_fixed(version: Path) -> None:
+    rebuild_index(version, "angular")
 
 
 def _flip_byte(name: str) -> Callable[[Path], None]:
@@ -242,19 +259,31 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "users.npy missing": (_delete("users.npy"), "users.npy is missing"),
     "manifest.json missing": (_delete(artifact.MANIFEST), "manifest.json is missing"),
     "manifest.json not JSON": (_manifest_not_json, "manifest.json is not valid JSON"),
-    "manifest.json lacks a field": (_manifest_missing_field, "does not match the format"),
-    "schema_version 2": (_edit_manifest(schema_version=2), "schema_version 2 is not supported"),
+    "manifest.json lacks a field": (
+        _manifest_missing_field,
+        "manifest.json does not match the format: n_items: Field required",
+    ),
+    "manifest metric unknown": (
+        edit_manifest(metric="cosine"),
+        "manifest.json does not match the format: metric: Input should be 'angular' or 'euclidean'",
+    ),
+    "index.ann angular, manifest says euclidean, fixed up": (
+        _angular_index_fixed,
+        "index.ann cannot be loaded (Index size is not a multiple of vector size. Ensure you "
+        "are opening using the same metric",
+    ),
+    "schema_version 2": (edit_manifest(schema_version=2), "schema_version 2 is not supported"),
     "users.npy checksum mismatch": (_flip_byte("users.npy"), "users.npy checksum mismatch"),
     "summary_seconds.npy size mismatch": (
         _append_byte("summary_seconds.npy"),
         "summary_seconds.npy has ",
     ),
     "content_sha256 mismatch": (
-        _edit_manifest(content_sha256="0" * 64),
+        edit_manifest(content_sha256="0" * 64),
         "content_sha256 does not match",
     ),
     "manifest dim disagrees with embeddings.npy": (
-        lambda v: _edit_manifest(dim=_manifest(v)["dim"] + 1)(v),
+        lambda v: edit_manifest(dim=_manifest(v)["dim"] + 1)(v),
         "embeddings.npy has shape",
     ),
     "embeddings.npy of another dim, manifest fixed up": (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -124,7 +125,25 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def client(real_artifacts_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (lifespan included) on the real artifact, driven over httpx."""
-    app = create_app(serve_settings(real_artifacts_dir))
+    async with _client(serve_settings(real_artifacts_dir)) as http:
+        yield http
+
+
+@pytest.fixture
+async def exact_client(
+    real_artifacts_dir: Path, real_artifact: Artifact
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app with a search_k that makes Annoy visit every leaf of every tree: its answers
+    must be exactly the brute-force ones (at the tuned default, recall is the manifest's)."""
+    m = real_artifact.manifest
+    settings = serve_settings(real_artifacts_dir, search_k=m.n_items * m.n_trees)
+    async with _client(settings) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def _client(settings: ServeSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(

@@ -186,9 +186,9 @@ def tiny_dataset(data_dir: Path) -> Path:
 
 @pytest.mark.parametrize("user_handle", [1, 2, 7])
 async def test_predict_original_contract_matches_brute_force(
-    client: httpx.AsyncClient, real_artifact: Artifact, user_handle: int
+    exact_client: httpx.AsyncClient, real_artifact: Artifact, user_handle: int
 ) -> None:
-    response = await client.post("/predict", json={"user_handle": user_handle})
+    response = await exact_client.post("/predict", json={"user_handle": user_handle})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -217,7 +217,8 @@ async def test_predict_accepts_numeric_string_handle(client: httpx.AsyncClient) 
     assert as_str.json()["user_handle"] == 1
 
 
-async def test_predict_k_limits(client: httpx.AsyncClient, real_artifact: Artifact) -> None:
+async def test_predict_k_limits(exact_client: httpx.AsyncClient, real_artifact: Artifact) -> None:
+    client = exact_client
     expected_handles, _ = brute_force(real_artifact, 1, 100)
 
     one = await client.post("/predict", json={"user_handle": 1, "k": 1})

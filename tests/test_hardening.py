@@ -38,7 +38,9 @@ from .artifact_damage import (
     DAMAGE,
     INTEREST_ONLY,
     ZERO_SECONDS,
+    edit_manifest,
     publish_copy,
+    rebuild_index,
     tiny_dataset,
 )
 from .conftest import (
@@ -685,6 +687,28 @@ async def test_reload_refuses_a_broken_artifact_and_keeps_serving(
         ready = await http.get("/readyz")
         assert ready.json() == {"status": "ready", "index_version": tiny.manifest.version}
         assert 'similarity_reloads_total{outcome="failed"} 1.0' in (await http.get("/metrics")).text
+
+
+@anyio
+async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
+    tiny: BuildResult, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    good = publish_copy(tiny.path, artifacts, tiny.path.name)
+    app = create_app(serve_settings(artifacts, admin_token=TOKEN))
+    async with serving(app) as http:
+        before = await http.post("/predict", json={"user_handle": 1, "k": 5})
+        assert before.status_code == 200
+
+        legacy = publish_copy(good, artifacts, "29991231T235959999Z-angular")
+        edit_manifest(metric="angular", version=legacy.name)(legacy)
+        rebuild_index(legacy, "angular")
+        reload = await http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reload.json()["changed"] is True, reload.text
+        assert (await http.get("/index")).json()["metric"] == "angular"
+        after = await http.post("/predict", json={"user_handle": 1, "k": 5})
+        # 20 customers: both metrics' searches see every one, and ranking is by exact cosine
+        assert after.json()["neighbors"] == before.json()["neighbors"]
 
 
 @anyio

@@ -41,7 +41,7 @@ class BuildSettings(BaseSettings):
         ge=0,
         le=ANNOY_MAX_SEARCH_K,
         description="Annoy search_k per query; 0 = tuned: the least found, from n_trees * "
-        "candidates * 4 up in sqrt(2) steps and then bisected, that brings the measured "
+        "candidates (Annoy's own default) up in sqrt(2) steps and then bisected, that brings the measured "
         "recall@10 to target_recall (every step is recorded)",
     )
     target_recall: float = Field(
@@ -64,7 +64,7 @@ class BuildSettings(BaseSettings):
 
     def base_search_k(self) -> int:
         """The explicit search_k, or where tuning starts."""
-        return self.search_k or self.n_trees * self.candidates * 4
+        return self.search_k or self.n_trees * self.candidates
 
 
 class ServeSettings(BaseSettings):

@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search-k",
         type=int,
-        help="Annoy search_k per query; 0 = tuned: the least found (from n_trees * candidates * 4 "
+        help="Annoy search_k per query; 0 = tuned: the least found (from n_trees * candidates "
         "up in sqrt(2) steps, then bisected) that brings recall@10 to --target-recall "
         f"[{_default('search_k')}]",
     )
