@@ -36,8 +36,6 @@ SHARED = 5
 CANDIDATES_PER_K = 4
 #: Features of the query considered when explaining (its largest reconstructed weights).
 EXPLAIN_POOL = 256
-#: Keep a float64 copy of the SVD components per process up to this size (64 x 52k features: 27 MB).
-COMPONENTS64_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -233,9 +231,9 @@ class SimilarityIndex:
     def _explain(
         self, query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray
     ) -> list[tuple[tuple[Contribution, ...], float]]:
-        columns, q_cols = self._explain_pool(query)
+        columns, q_cols, components = self._explain_pool(query)
         # float64 so a contribution does not depend on how many neighbours are explained at once
-        terms = (neighbours.astype(np.float64) @ self._components_at(columns)) * q_cols
+        terms = (neighbours.astype(np.float64) @ components) * q_cols
         # Largest first; among equal terms the lower column (columns are ascending, sort stable).
         best = np.argsort(-terms, axis=1, kind="stable")[:, :SHARED]
         labels, kinds = self._labels
@@ -265,14 +263,6 @@ class SimilarityIndex:
         return labels, kinds
 
     @cached_property
-    def _components64(self) -> np.ndarray | None:
-        """The components in float64 when that copy is small (the usual case), else None."""
-        components = self.artifact.components
-        if components.size * 8 > COMPONENTS64_MAX_BYTES:
-            return None
-        return np.asarray(components, dtype=np.float64)
-
-    @cached_property
     def _by_norm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Feature columns by decreasing length of their component column ``||Vt[:, j]||``, the
         lengths, and the components in that order, one contiguous float32 row per feature (a
@@ -282,9 +272,9 @@ class SimilarityIndex:
         order = np.argsort(-norms, kind="stable")
         return order, norms[order], np.ascontiguousarray(components.T[order])
 
-    def _explain_pool(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _explain_pool(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The EXPLAIN_POOL features with the largest ``|q_hat[j]| = |query . Vt[:, j]|`` (ascending
-        column order) and their ``q_hat`` values, in float64.
+        column order), their ``q_hat`` values, and ``Vt[:, columns]``, in float64.
 
         ``|q_hat[j]| <= ||query|| ||Vt[:, j]||``, so the features are scanned by decreasing column
         length in growing blocks, and the scan stops once no unseen feature can enter the pool:
@@ -296,26 +286,25 @@ class SimilarityIndex:
         pool = min(EXPLAIN_POOL, n)
         q32 = np.asarray(query, dtype=np.float32)
         bound = float(np.linalg.norm(q32)) * (1 + 1e-6)
-        seen = np.empty(n, dtype=np.float32)
+        seen = np.empty(n, dtype=np.float32)  # |q_hat| in scan order
         start, block = 0, 4 * EXPLAIN_POOL
-        while start < n:
+        while True:
             stop = min(n, start + block)
             np.matmul(ordered[start:stop], q32, out=seen[start:stop])
+            np.abs(seen[start:stop], out=seen[start:stop])
             start, block = stop, block * 2
-            if start < n and start >= pool:
-                # the pool-th largest |q_hat| so far beats anything the unseen columns can reach
-                kth = np.partition(np.abs(seen[:start]), start - pool)[start - pool]
-                if kth > bound * norms[start]:
+            if start >= pool:
+                # the pool largest so far; done when the smallest of them beats anything the
+                # unseen columns can reach (or nothing is unseen)
+                best = np.argpartition(seen[:start], start - pool)[start - pool :]
+                if start == n or seen[best[0]] > bound * norms[start]:
                     break
-        best = np.argpartition(-np.abs(seen[:start]), pool - 1)[:pool]
-        columns = np.sort(order[best])
-        return columns, np.asarray(query, dtype=np.float64) @ self._components_at(columns)
-
-    def _components_at(self, columns: np.ndarray) -> np.ndarray:
-        """``Vt[:, columns]`` in float64 (dim x len(columns))."""
-        if self._components64 is not None:
-            return self._components64[:, columns]
-        return np.asarray(self.artifact.components[:, columns], dtype=np.float64)
+        # Vt[:, columns] from the contiguous by-length rows: the same float32 values, read as
+        # EXPLAIN_POOL rows of dim instead of dim scattered rows of EXPLAIN_POOL
+        by_column = np.argsort(order[best], kind="stable")
+        rows = best[by_column]
+        components = ordered[rows].T.astype(np.float64)
+        return order[rows], np.asarray(query, dtype=np.float64) @ components, components
 
     # --- verification ----------------------------------------------------------------------------
 
