@@ -125,7 +125,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def client(real_artifacts_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (lifespan included) on the real artifact, driven over httpx."""
-    async with _client(serve_settings(real_artifacts_dir)) as http:
+    async with app_client(serve_settings(real_artifacts_dir)) as http:
         yield http
 
 
@@ -137,12 +137,13 @@ async def exact_client(
     must be exactly the brute-force ones (at the tuned default, recall is the manifest's)."""
     m = real_artifact.manifest
     settings = serve_settings(real_artifacts_dir, search_k=m.n_items * m.n_trees)
-    async with _client(settings) as http:
+    async with app_client(settings) as http:
         yield http
 
 
 @contextlib.asynccontextmanager
-async def _client(settings: ServeSettings) -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(settings: ServeSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (lifespan included) with ``settings``, driven over httpx in this event loop."""
     app = create_app(settings)
     async with (
         LifespanManager(app) as manager,

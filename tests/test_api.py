@@ -7,6 +7,7 @@ customer facts straight from the CSVs. Small purpose-built datasets cover what t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections import defaultdict
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import numpy as np
 import polars as pl
@@ -31,7 +33,7 @@ from similarity_api.errors import ArtifactError
 from similarity_api.index import Profile, SimilarityIndex
 from similarity_api.settings import BlockWeights
 
-from .conftest import build_settings, serve_settings, write_dataset
+from .conftest import app_client, build_settings, serve_settings, write_dataset
 
 pytestmark = pytest.mark.anyio
 
@@ -331,6 +333,17 @@ async def test_batch_size_limit(client: httpx.AsyncClient, real_artifact: Artifa
 
     empty = await client.post("/predict/batch", json={"user_handles": []})
     assert_problem(empty, 422, "/problems/invalid-request")
+
+
+async def test_lookup_threads_bound_the_threads_lookups_run_in(real_artifacts_dir: Path) -> None:
+    for threads in (1, 3):
+        async with app_client(serve_settings(real_artifacts_dir, lookup_threads=threads)) as http:
+            answers = await asyncio.gather(
+                *(http.post("/predict", json={"user_handle": h}) for h in (1, 2, 7, 1))
+            )
+            assert [a.status_code for a in answers] == [200] * 4
+            assert answers[0].json() == answers[3].json()
+            assert anyio.to_thread.current_default_thread_limiter().total_tokens == threads
 
 
 # --- POST /predict/profile -----------------------------------------------------------------------

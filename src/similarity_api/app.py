@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -46,6 +47,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Per-request matrix products are tiny: many BLAS threads per request only contend.
         blas = threadpool_limits(limits=settings.blas_threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.lookup_threads
         state.metrics.forget_dead_workers()
         try:
             state.swap(await run_in_threadpool(load_index, settings))

@@ -111,6 +111,13 @@ class ServeSettings(BaseSettings):
         le=64,
         description="BLAS threads per worker; queries are small, so 1 avoids thread contention",
     )
+    lookup_threads: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="threads per worker that run lookups off the event loop: Annoy's search "
+        "releases the GIL, the ranking around it holds it, so more threads only queue for it",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     prometheus_multiproc_dir: Path | None = Field(
         None,
