@@ -10,6 +10,8 @@ on 127.0.0.1 and each gets, in turn:
   fixed duration;
 
 then the memory of each worker of the real service (RSS and PSS from /proc/PID/smaps_rollup).
+Last, one worker of the real service at saturation for each ``--sweep-lookup-threads`` value
+(``SIMILARITY_LOOKUP_THREADS``), the values in turn for ``--sweep-rounds`` rounds.
 
     .venv/bin/python benchmarks/serving.py --artifacts-dir /tmp/scale/art_1000000_deterministic
 
@@ -146,17 +148,18 @@ def worker_memory(master: int) -> list[dict[str, int]]:
 async def _fixed_rate(
     port: int, bodies: list[bytes], rate: float, connections: int
 ) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     latencies: list[float] = []
     errors = {"status": 0, "exception": 0}
-    start = loop.time() + 0.2
+    # perf_counter, not loop.time(): uvloop's clock has millisecond steps and is cached per loop
+    # iteration, which would round every latency to whole milliseconds.
+    start = time.perf_counter() + 0.2
 
     async def one(i: int, body: bytes) -> None:
         scheduled = start + i / rate
-        delay = scheduled - loop.time()
+        delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         reader, writer = await pool.get()
@@ -172,7 +175,7 @@ async def _fixed_rate(
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
             await reader.readexactly(length)
-            latencies.append(loop.time() - scheduled)
+            latencies.append(time.perf_counter() - scheduled)
             if status != 200:
                 errors["status"] += 1
         except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -294,6 +297,37 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {w['workers']} | {name} | {s['rps']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
                 f"| {s['errors']} | {f'{ratio:.2f}' if name == 'predict' else ''} |"
             )
+    sweep = result.get("lookup_threads") or []
+    if sweep:
+        values = list(dict.fromkeys(p["lookup_threads"] for p in sweep))
+        rounds = sorted({p["round"] for p in sweep})
+        base = values[0]
+        lines += [
+            "",
+            f"## Lookup threads per worker (`SIMILARITY_LOOKUP_THREADS`): 1 worker, wrk "
+            f"{result['saturation_connections']} connections, {result['sweep_seconds']} s, "
+            f"{len(rounds)} rounds in turn",
+            "",
+            "| lookup threads | "
+            + " | ".join(f"round {r} req/s" for r in rounds)
+            + f" | mean req/s | / {base} threads | p99 ms (mean) | errors |",
+            "|---:|" + "---:|" * (len(rounds) + 4),
+        ]
+
+        def mean_rps(v: int) -> float:
+            pts = [p["rps"] for p in sweep if p["lookup_threads"] == v]
+            return sum(pts) / len(pts)
+
+        for v in values:
+            pts = [p for p in sweep if p["lookup_threads"] == v]
+            by_round = {p["round"]: p for p in pts}
+            p99 = sum(p["p99_ms"] for p in pts) / len(pts)
+            lines.append(
+                f"| {v} | "
+                + " | ".join(f"{by_round[r]['rps']}" for r in rounds)
+                + f" | {mean_rps(v):.1f} | {mean_rps(v) / mean_rps(base):.2f} | {p99:.1f} "
+                f"| {sum(p['errors'] for p in pts)} |"
+            )
     lines += [
         "",
         "## Memory of the real service's workers after the load (/proc/PID/smaps_rollup)",
@@ -331,6 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="override the artifact's search_k in the service (SIMILARITY_SEARCH_K)",
     )
+    p.add_argument(
+        "--sweep-lookup-threads",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4, 40],
+        help="SIMILARITY_LOOKUP_THREADS values compared on one worker at saturation",
+    )
+    p.add_argument("--sweep-rounds", type=int, default=2)
+    p.add_argument("--sweep-seconds", type=int, default=10)
     p.add_argument("--port", type=int, default=8701)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--ready-timeout", type=float, default=300.0)
@@ -368,26 +411,31 @@ def main(argv: list[str] | None = None) -> int:
         "fixed_seconds": args.fixed_seconds,
         "saturation_seconds": args.saturation_seconds,
         "saturation_connections": args.saturation_connections,
+        "sweep_seconds": args.sweep_seconds,
         "runs": [],
     }
     real_port, trivial_port = args.port, args.port + 1
+
+    def real_command(workers: int) -> list[str]:
+        return [
+            PY,
+            "-m",
+            "similarity_api",
+            "serve",
+            "--artifacts-dir",
+            str(args.artifacts_dir),
+            "--port",
+            str(real_port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ]
+
     try:
         for workers in args.workers:
             run: dict[str, Any] = {"workers": workers}
-            real_cmd = [
-                PY,
-                "-m",
-                "similarity_api",
-                "serve",
-                "--artifacts-dir",
-                str(args.artifacts_dir),
-                "--port",
-                str(real_port),
-                "--workers",
-                str(workers),
-                "--log-level",
-                "warning",
-            ]
+            real_cmd = real_command(workers)
             with server(
                 real_cmd, real_port, env, work / f"real_{workers}.log", args.ready_timeout
             ) as real:
@@ -434,6 +482,25 @@ def main(argv: list[str] | None = None) -> int:
                 }
             result["runs"].append(run)
             print(json.dumps(run), flush=True)
+        # Lookup threads per worker: one worker at saturation, the values in turn, round after
+        # round, so a slow patch of the shared machine hits every value alike.
+        result["lookup_threads"] = []
+        for round_ in range(1, args.sweep_rounds + 1):
+            for threads in args.sweep_lookup_threads:
+                tenv = env | {"SIMILARITY_LOOKUP_THREADS": str(threads)}
+                log = work / f"threads_{threads}_{round_}.log"
+                with server(real_command(1), real_port, tenv, log, args.ready_timeout):
+                    saturate(real_port, script, 3, args.saturation_connections, args.wrk_threads)
+                    point = saturate(
+                        real_port,
+                        script,
+                        args.sweep_seconds,
+                        args.saturation_connections,
+                        args.wrk_threads,
+                    )
+                point = {"lookup_threads": threads, "round": round_, **point}
+                result["lookup_threads"].append(point)
+                print(json.dumps(point), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -709,6 +711,28 @@ async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
         after = await http.post("/predict", json={"user_handle": 1, "k": 5})
         # 20 customers: both metrics' searches see every one, and ranking is by exact cosine
         assert after.json()["neighbors"] == before.json()["neighbors"]
+
+
+@anyio
+async def test_the_loaded_index_is_frozen_out_of_the_collector_and_a_replaced_one_freed(
+    tiny: BuildResult, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    good = publish_copy(tiny.path, artifacts, tiny.path.name)
+    app = create_app(serve_settings(artifacts, admin_token=TOKEN))
+    async with serving(app) as http:
+        state = app.state.service
+        assert gc.get_freeze_count() > 0
+        old = weakref.ref(state.index)
+        assert (await http.post("/predict", json={"user_handle": 1})).status_code == 200
+
+        newer = publish_copy(good, artifacts, "29991231T235959999Z-newer")
+        edit_manifest(version=newer.name)(newer)
+        reload = await http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reload.json()["changed"] is True, reload.text
+        assert state.index.version == newer.name
+        gc.collect()
+        assert old() is None  # frozen before, yet not kept: the reload unfroze and collected it
 
 
 @anyio

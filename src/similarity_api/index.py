@@ -306,6 +306,10 @@ class SimilarityIndex:
         components = ordered[rows].T.astype(np.float64)
         return order[rows], np.asarray(query, dtype=np.float64) @ components, components
 
+    def warm(self) -> None:
+        """Build the per-process tables now, not in the first requests that need them."""
+        _ = self._columns, self._labels, self._by_norm
+
     # --- verification ----------------------------------------------------------------------------
 
     def self_test(self) -> None:
