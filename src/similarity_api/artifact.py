@@ -106,6 +106,12 @@ class RecallStep(BaseModel):
     search_k: int
     recall_at_10_annoy: float
     recall_at_10_served: float
+    recall_at_10_annoy_low: float | None = Field(
+        None,
+        description="lower end of the 95% confidence interval of recall_at_10_annoy over the "
+        "sampled customers (normal approximation); what tuning holds to the target. Absent in "
+        "artifacts built before it was recorded",
+    )
 
 
 class Manifest(BaseModel):

@@ -41,14 +41,15 @@ class BuildSettings(BaseSettings):
         ge=0,
         le=ANNOY_MAX_SEARCH_K,
         description="Annoy search_k per query; 0 = tuned: the least found, from n_trees * "
-        "candidates (Annoy's own default) up in sqrt(2) steps and then bisected, that brings the measured "
-        "recall@10 to target_recall (every step is recorded)",
+        "candidates (Annoy's own default) up in sqrt(2) steps and then bisected, whose measured "
+        "recall@10 reaches target_recall with 95% confidence (every step is recorded)",
     )
     target_recall: float = Field(
         0.95,
         gt=0,
         le=1,
-        description="recall@10 of Annoy against exact search that the tuned search_k must reach",
+        description="recall@10 of Annoy against exact search that the tuned search_k must reach "
+        "(the lower end of its 95% confidence interval over the sampled customers)",
     )
     candidates: int = Field(
         100, ge=1, le=10_000, description="Annoy candidates fetched before exact re-ranking"

@@ -150,13 +150,15 @@ def parser() -> argparse.ArgumentParser:
         "--search-k",
         type=int,
         help="Annoy search_k per query; 0 = tuned: the least found (from n_trees * candidates "
-        "up in sqrt(2) steps, then bisected) that brings recall@10 to --target-recall "
+        "up in sqrt(2) steps, then bisected) whose recall@10 on the sample reaches --target-recall "
+        "with 95%% confidence "
         f"[{_default('search_k')}]",
     )
     p.add_argument(
         "--target-recall",
         type=float,
-        help="recall@10 of Annoy against exact search that the tuned search_k must reach "
+        help="recall@10 of Annoy against exact search that the tuned search_k must reach: the "
+        "lower end of its 95%% confidence interval over the sampled customers "
         f"[{_default('target_recall')}]",
     )
     p.add_argument(
