@@ -34,8 +34,10 @@ PREFIX = {"course": "course", "tag": "tag", "interest": "interest", "assessment"
 SHARED = 5
 #: At least this many Annoy candidates per neighbour asked for, so a large k stays near-exact.
 CANDIDATES_PER_K = 4
-#: Features of the query considered when explaining (its largest reconstructed weights).
-EXPLAIN_POOL = 256
+#: Features of the query considered when explaining (its largest reconstructed weights). At 1M
+#: customers 128 gave the same `shared` lists as 256 for all of 10,000 neighbours (64: 9,998) and a
+#: lookup 20 % faster (1.20 -> 0.96 ms).
+EXPLAIN_POOL = 128
 
 
 @dataclass(frozen=True)
