@@ -1,5 +1,6 @@
 # Two commands, Python 3.11+ the only prerequisite (plus a C++ compiler for annoy's build):
 #   make demo   set up, generate demo data, build the index, serve it on http://127.0.0.1:8000
+#               (make demo DEMO_PORT=8001 for another port; rm -rf demo to start over)
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
 UV_VERSION := 0.13.9
@@ -9,6 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_USERS ?= 10000
 DEMO_DIR ?= demo
+DEMO_PORT ?= 8000
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: setup demo test lint bench clean
@@ -26,7 +28,7 @@ demo: setup
 		$(PY) -m similarity_api generate --users $(DEMO_USERS) --seed 42 --out $(DEMO_DIR)/data
 	@test -e $(DEMO_DIR)/artifacts/current || \
 		$(PY) -m similarity_api build --data-dir $(DEMO_DIR)/data --artifacts-dir $(DEMO_DIR)/artifacts
-	$(PY) -m similarity_api serve --artifacts-dir $(DEMO_DIR)/artifacts --host 127.0.0.1 --port 8000
+	$(PY) -m similarity_api serve --artifacts-dir $(DEMO_DIR)/artifacts --host 127.0.0.1 --port $(DEMO_PORT)
 
 test: setup
 	$(VENV)/bin/pytest

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio as anyio_lib
+import anyio.to_thread
 import httpx
 import polars as pl
 import pytest
@@ -733,6 +735,30 @@ async def test_the_loaded_index_is_frozen_out_of_the_collector_and_a_replaced_on
         assert state.index.version == newer.name
         gc.collect()
         assert old() is None  # frozen before, yet not kept: the reload unfroze and collected it
+
+
+@anyio
+async def test_a_reload_does_not_wait_for_a_lookup_thread(
+    tiny: BuildResult, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    good = publish_copy(tiny.path, artifacts, tiny.path.name)
+    app = create_app(serve_settings(artifacts, admin_token=TOKEN, lookup_threads=1))
+    async with serving(app) as http:
+        newer = publish_copy(good, artifacts, "29991231T235959999Z-newer")
+        edit_manifest(version=newer.name)(newer)
+        lookups = anyio_lib.to_thread.current_default_thread_limiter()
+        holder = object()
+        await lookups.acquire_on_behalf_of(holder)  # the one lookup thread is busy
+        try:
+            with anyio_lib.fail_after(10):
+                reload = await http.post(
+                    "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+        finally:
+            lookups.release_on_behalf_of(holder)
+        assert reload.json()["changed"] is True, reload.text
+        assert app.state.service.index.version == newer.name
 
 
 @anyio

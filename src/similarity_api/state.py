@@ -7,7 +7,8 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
 
 from similarity_api import artifact
 from similarity_api.errors import ArtifactError, IndexNotReadyError, ReloadError
@@ -75,7 +76,11 @@ class ServiceState:
         async with self._lock:
             previous = self.index.version if self.index else None
             try:
-                index = await run_in_threadpool(load_index, self.settings)
+                # a thread of its own: the lookup threads (SIMILARITY_LOOKUP_THREADS, 2) keep
+                # answering while a large artifact loads and verifies
+                index = await anyio.to_thread.run_sync(
+                    load_index, self.settings, limiter=anyio.CapacityLimiter(1)
+                )
             except ArtifactError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 if self.index is None:
