@@ -693,6 +693,16 @@ async def test_reload_refuses_a_broken_artifact_and_keeps_serving(
         assert 'similarity_reloads_total{outcome="failed"} 1.0' in (await http.get("/metrics")).text
 
 
+def publish_newer(good: Path, artifacts: Path, name: str, **manifest: Any) -> Path:
+    """A copy of ``good`` published as a new version ``name`` (the manifest says so too)."""
+    newer = publish_copy(good, artifacts, name)
+    edit_manifest(version=name, **manifest)(newer)
+    return newer
+
+
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @anyio
 async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
     tiny: BuildResult, tmp_path: Path
@@ -704,10 +714,9 @@ async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
         before = await http.post("/predict", json={"user_handle": 1, "k": 5})
         assert before.status_code == 200
 
-        legacy = publish_copy(good, artifacts, "29991231T235959999Z-angular")
-        edit_manifest(metric="angular", version=legacy.name)(legacy)
+        legacy = publish_newer(good, artifacts, "29991231T235959999Z-angular", metric="angular")
         rebuild_index(legacy, "angular")
-        reload = await http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        reload = await http.post("/admin/reload", headers=ADMIN)
         assert reload.json()["changed"] is True, reload.text
         assert (await http.get("/index")).json()["metric"] == "angular"
         after = await http.post("/predict", json={"user_handle": 1, "k": 5})
@@ -728,9 +737,8 @@ async def test_the_loaded_index_is_frozen_out_of_the_collector_and_a_replaced_on
         old = weakref.ref(state.index)
         assert (await http.post("/predict", json={"user_handle": 1})).status_code == 200
 
-        newer = publish_copy(good, artifacts, "29991231T235959999Z-newer")
-        edit_manifest(version=newer.name)(newer)
-        reload = await http.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        newer = publish_newer(good, artifacts, "29991231T235959999Z-newer")
+        reload = await http.post("/admin/reload", headers=ADMIN)
         assert reload.json()["changed"] is True, reload.text
         assert state.index.version == newer.name
         gc.collect()
@@ -745,16 +753,13 @@ async def test_a_reload_does_not_wait_for_a_lookup_thread(
     good = publish_copy(tiny.path, artifacts, tiny.path.name)
     app = create_app(serve_settings(artifacts, admin_token=TOKEN, lookup_threads=1))
     async with serving(app) as http:
-        newer = publish_copy(good, artifacts, "29991231T235959999Z-newer")
-        edit_manifest(version=newer.name)(newer)
+        newer = publish_newer(good, artifacts, "29991231T235959999Z-newer")
         lookups = anyio_lib.to_thread.current_default_thread_limiter()
         holder = object()
         await lookups.acquire_on_behalf_of(holder)  # the one lookup thread is busy
         try:
             with anyio_lib.fail_after(10):
-                reload = await http.post(
-                    "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}
-                )
+                reload = await http.post("/admin/reload", headers=ADMIN)
         finally:
             lookups.release_on_behalf_of(holder)
         assert reload.json()["changed"] is True, reload.text
