@@ -132,17 +132,33 @@ class SimilarityIndex:
         return self._summary_at(self.row_of(user_handle))
 
     def _summary_at(self, row: int) -> UserSummary:
+        return self._summaries_at(np.array([row]))[0]
+
+    def _summaries_at(self, rows: np.ndarray) -> list[UserSummary]:
+        """The summaries of several customers (by row), each array read once for all of them."""
         a = self.artifact
         names = a.space.names
-        return UserSummary(
-            user_handle=int(a.users[row]),
-            top_tags=tuple(names[int(c)] for c in a.summary_top_tags[row] if c >= 0),
-            courses_viewed=int(a.summary_courses[row]),
-            view_time_seconds=float(a.summary_seconds[row]),
-            interests=int(a.summary_interests[row]),
-            assessments=int(a.summary_assessments[row]),
-            indexed=bool(a.user_item[row] >= 0),
-        )
+        return [
+            UserSummary(
+                user_handle=handle,
+                top_tags=tuple(names[c] for c in tags if c >= 0),
+                courses_viewed=courses,
+                view_time_seconds=seconds,
+                interests=interests,
+                assessments=assessments,
+                indexed=item >= 0,
+            )
+            for handle, tags, courses, seconds, interests, assessments, item in zip(
+                np.asarray(a.users[rows]).tolist(),
+                np.asarray(a.summary_top_tags[rows]).tolist(),
+                np.asarray(a.summary_courses[rows]).tolist(),
+                np.asarray(a.summary_seconds[rows], dtype=np.float64).tolist(),
+                np.asarray(a.summary_interests[rows]).tolist(),
+                np.asarray(a.summary_assessments[rows]).tolist(),
+                np.asarray(a.user_item[rows]).tolist(),
+                strict=True,
+            )
+        ]
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -213,22 +229,21 @@ class SimilarityIndex:
         if chosen.size == 0:
             return ()
         explained = self._explain(query, np.asarray(a.embeddings[chosen]), chosen_sims)
-        out = []
-        for rank, (item, sim, (shared, remainder)) in enumerate(
-            zip(chosen, chosen_sims, explained, strict=True), start=1
-        ):
-            handle = int(a.item_user[item])
-            out.append(
-                Neighbour(
-                    rank=rank,
-                    user_handle=handle,
-                    similarity=float(sim),
-                    shared=shared,
-                    remainder=remainder,
-                    summary=self.summary(handle),
-                )
+        # every neighbour is a known customer: item_user and users come from the same build
+        summaries = self._summaries_at(np.searchsorted(a.users, a.item_user[chosen]))
+        return tuple(
+            Neighbour(
+                rank=rank,
+                user_handle=summary.user_handle,
+                similarity=sim,
+                shared=shared,
+                remainder=remainder,
+                summary=summary,
             )
-        return tuple(out)
+            for rank, (sim, (shared, remainder), summary) in enumerate(
+                zip(chosen_sims.tolist(), explained, summaries, strict=True), start=1
+            )
+        )
 
     def _explain(
         self, query: np.ndarray, neighbours: np.ndarray, sims: np.ndarray
