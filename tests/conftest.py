@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from similarity_api.app import create_app
 from similarity_api.artifact import Artifact, load, resolve
@@ -142,13 +143,18 @@ async def exact_client(
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    app: FastAPI, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` with its lifespan running, driven over httpx in this event loop."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+@contextlib.asynccontextmanager
 async def app_client(settings: ServeSettings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (lifespan included) with ``settings``, driven over httpx in this event loop."""
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as http,
-    ):
+    async with serving(create_app(settings)) as http:
         yield http

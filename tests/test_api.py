@@ -8,7 +8,6 @@ customer facts straight from the CSVs. Small purpose-built datasets cover what t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -22,7 +21,6 @@ import numpy as np
 import polars as pl
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from threadpoolctl import threadpool_limits
 
@@ -33,7 +31,7 @@ from similarity_api.errors import ArtifactError
 from similarity_api.index import Profile, SimilarityIndex
 from similarity_api.settings import BlockWeights
 
-from .conftest import app_client, build_settings, serve_settings, write_dataset
+from .conftest import app_client, build_settings, serve_settings, serving, write_dataset
 
 pytestmark = pytest.mark.anyio
 
@@ -148,17 +146,6 @@ def raw(real_data_dir: Path) -> dict[int, Raw]:
         key = tag.strip().lower()
         r.best_scores[key] = max(r.best_scores.get(key, 0), int(score))
     return out
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as http,
-    ):
-        yield http
 
 
 def tiny_dataset(data_dir: Path) -> Path:

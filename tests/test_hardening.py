@@ -28,7 +28,6 @@ import anyio.to_thread
 import httpx
 import polars as pl
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from similarity_api.app import create_app
@@ -55,6 +54,7 @@ from .conftest import (
     VIEWS_HEADER,
     build_settings,
     serve_settings,
+    serving,
     write_csv,
     write_dataset,
 )
@@ -76,16 +76,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     """The dirty tiny dataset, built once; tests copy it before changing anything."""
     root = tmp_path_factory.mktemp("hardening")
     return build(build_settings(tiny_dataset(root / "data"), root / "artifacts", recall_sample=0))
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    app: FastAPI, *, raise_app_exceptions: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @pytest.fixture
@@ -662,24 +652,51 @@ def test_build_cli_bad_option_exits_2_with_one_error_line(tmp_path: Path) -> Non
 # --- broken artifacts: a reload refuses them and the old index keeps serving ---------------------
 
 
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Reloadable:
+    """A served copy of the tiny artifact (``good``) in ``artifacts``, with the admin token set."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    good: Path
+    artifacts: Path
+
+    def publish_newer(self, name: str, **manifest: Any) -> Path:
+        """A copy of ``good`` published as a new version ``name`` (the manifest says so too)."""
+        newer = publish_copy(self.good, self.artifacts, name)
+        edit_manifest(version=name, **manifest)(newer)
+        return newer
+
+
+@contextlib.asynccontextmanager
+async def reloadable(
+    tiny: BuildResult, tmp_path: Path, **settings: Any
+) -> AsyncIterator[Reloadable]:
+    artifacts = tmp_path / "artifacts"
+    good = publish_copy(tiny.path, artifacts, tiny.path.name)
+    app = create_app(serve_settings(artifacts, admin_token=TOKEN, **settings))
+    async with serving(app) as http:
+        yield Reloadable(app=app, http=http, good=good, artifacts=artifacts)
+
+
 @anyio
 @pytest.mark.parametrize("damage", list(DAMAGE))
 async def test_reload_refuses_a_broken_artifact_and_keeps_serving(
     tiny: BuildResult, tmp_path: Path, damage: str
 ) -> None:
-    artifacts = tmp_path / "artifacts"
-    good = publish_copy(tiny.path, artifacts, tiny.path.name)
-    app = create_app(serve_settings(artifacts, admin_token=TOKEN))
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    async with serving(app) as http:
+    async with reloadable(tiny, tmp_path) as live:
+        http = live.http
         before = await http.post("/predict", json={"user_handle": 1, "k": 5})
         assert before.status_code == 200
 
-        broken = publish_copy(good, artifacts, "29991231T235959999Z-broken")
+        broken = publish_copy(live.good, live.artifacts, "29991231T235959999Z-broken")
         corrupt, fragment = DAMAGE[damage]
         corrupt(broken)
 
-        failed = await http.post("/admin/reload", headers=auth)
+        failed = await http.post("/admin/reload", headers=ADMIN)
         body = assert_problem(failed, 409, "/problems/reload-failed")
         assert fragment in body["detail"]
         assert "similarity_api build" in body["detail"]
@@ -693,28 +710,16 @@ async def test_reload_refuses_a_broken_artifact_and_keeps_serving(
         assert 'similarity_reloads_total{outcome="failed"} 1.0' in (await http.get("/metrics")).text
 
 
-def publish_newer(good: Path, artifacts: Path, name: str, **manifest: Any) -> Path:
-    """A copy of ``good`` published as a new version ``name`` (the manifest says so too)."""
-    newer = publish_copy(good, artifacts, name)
-    edit_manifest(version=name, **manifest)(newer)
-    return newer
-
-
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
 @anyio
 async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
     tiny: BuildResult, tmp_path: Path
 ) -> None:
-    artifacts = tmp_path / "artifacts"
-    good = publish_copy(tiny.path, artifacts, tiny.path.name)
-    app = create_app(serve_settings(artifacts, admin_token=TOKEN))
-    async with serving(app) as http:
+    async with reloadable(tiny, tmp_path) as live:
+        http = live.http
         before = await http.post("/predict", json={"user_handle": 1, "k": 5})
         assert before.status_code == 200
 
-        legacy = publish_newer(good, artifacts, "29991231T235959999Z-angular", metric="angular")
+        legacy = live.publish_newer("29991231T235959999Z-angular", metric="angular")
         rebuild_index(legacy, "angular")
         reload = await http.post("/admin/reload", headers=ADMIN)
         assert reload.json()["changed"] is True, reload.text
@@ -728,17 +733,14 @@ async def test_an_angular_artifact_from_before_the_metric_change_still_serves(
 async def test_the_loaded_index_is_frozen_out_of_the_collector_and_a_replaced_one_freed(
     tiny: BuildResult, tmp_path: Path
 ) -> None:
-    artifacts = tmp_path / "artifacts"
-    good = publish_copy(tiny.path, artifacts, tiny.path.name)
-    app = create_app(serve_settings(artifacts, admin_token=TOKEN))
-    async with serving(app) as http:
-        state = app.state.service
+    async with reloadable(tiny, tmp_path) as live:
+        state = live.app.state.service
         assert gc.get_freeze_count() > 0
         old = weakref.ref(state.index)
-        assert (await http.post("/predict", json={"user_handle": 1})).status_code == 200
+        assert (await live.http.post("/predict", json={"user_handle": 1})).status_code == 200
 
-        newer = publish_newer(good, artifacts, "29991231T235959999Z-newer")
-        reload = await http.post("/admin/reload", headers=ADMIN)
+        newer = live.publish_newer("29991231T235959999Z-newer")
+        reload = await live.http.post("/admin/reload", headers=ADMIN)
         assert reload.json()["changed"] is True, reload.text
         assert state.index.version == newer.name
         gc.collect()
@@ -749,21 +751,18 @@ async def test_the_loaded_index_is_frozen_out_of_the_collector_and_a_replaced_on
 async def test_a_reload_does_not_wait_for_a_lookup_thread(
     tiny: BuildResult, tmp_path: Path
 ) -> None:
-    artifacts = tmp_path / "artifacts"
-    good = publish_copy(tiny.path, artifacts, tiny.path.name)
-    app = create_app(serve_settings(artifacts, admin_token=TOKEN, lookup_threads=1))
-    async with serving(app) as http:
-        newer = publish_newer(good, artifacts, "29991231T235959999Z-newer")
+    async with reloadable(tiny, tmp_path, lookup_threads=1) as live:
+        newer = live.publish_newer("29991231T235959999Z-newer")
         lookups = anyio_lib.to_thread.current_default_thread_limiter()
         holder = object()
         await lookups.acquire_on_behalf_of(holder)  # the one lookup thread is busy
         try:
             with anyio_lib.fail_after(10):
-                reload = await http.post("/admin/reload", headers=ADMIN)
+                reload = await live.http.post("/admin/reload", headers=ADMIN)
         finally:
             lookups.release_on_behalf_of(holder)
         assert reload.json()["changed"] is True, reload.text
-        assert app.state.service.index.version == newer.name
+        assert live.app.state.service.index.version == newer.name
 
 
 @anyio

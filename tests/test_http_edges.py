@@ -21,14 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from similarity_api import schemas
 from similarity_api.app import create_app
 from similarity_api.build.pipeline import BuildResult, build
 
 from .artifact_damage import ZERO_SECONDS, tiny_dataset
-from .conftest import build_settings, serve_settings
+from .conftest import app_client, build_settings, serve_settings
 from .test_server import Server, running_server
 
 PROBLEM = "application/problem+json"
@@ -275,13 +274,7 @@ def test_the_answers_do_not_depend_on_where_the_writes_are_cut(
 
 @pytest.fixture
 async def http(tiny: BuildResult) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(serve_settings(tiny.path.parent))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with app_client(serve_settings(tiny.path.parent)) as client:
         yield client
 
 
